@@ -1,0 +1,312 @@
+"""The ``ragstream`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ragstream import logs
+from ragstream.config import Settings
+
+app = typer.Typer(help="ragstream: event-driven workers that keep RAG and KG stores fresh.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+dlq_app = typer.Typer(help="Dead-letter topics.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+console = Console(stderr=True)
+
+STACK_ENV = "stack.env"
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
+
+
+def settings() -> Settings:
+    """Settings from the environment; a running ``ragstream up`` fills in where it is silent."""
+    stack_file = _data_dir() / STACK_ENV
+    if stack_file.exists():
+        stack = json.loads(stack_file.read_text())
+        if _pid_alive(stack.get("pid", -1)):
+            for key, value in stack["env"].items():
+                os.environ.setdefault(key, value)
+    return Settings()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+# workers and the stack --------------------------------------------------------------------------
+
+
+@app.command()
+def worker(name: str) -> None:
+    """Run one worker until SIGTERM (then it drains, commits and leaves its group)."""
+    from ragstream.runner import serve
+    from workers import load
+
+    cfg = settings()
+    logs.configure(cfg.log_level)
+    asyncio.run(serve(load(name)(), cfg))
+
+
+@app.command()
+def up(
+    workers: Annotated[str, typer.Option(help="Comma-separated workers to run.")] = "",
+    duration: Annotated[float, typer.Option("--for", help="Stop after this many seconds.")] = 0,
+    live: Annotated[bool, typer.Option(help="Live status table (off: a status line per 5 s).")]
+    = sys.stderr.isatty(),
+) -> None:
+    """Start the embedded stack (Tansu, FalkorDB, the workers) and show their live status."""
+    from ragstream.stack import embedded_services
+    from ragstream.supervisor import Supervisor
+    from ragstream.transport.kafka import ensure_topics
+    from schemas.catalogue import all_topic_names
+    from workers import DEFAULT_STACK
+
+    data_dir = _data_dir()
+    names = [w.strip() for w in workers.split(",") if w.strip()] or list(DEFAULT_STACK)
+    stop = {"now": False}
+
+    def request_stop(*_):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    with embedded_services(data_dir) as services:
+        env = {**os.environ, **services.env}
+        cfg = Settings(**_settings_kwargs(services.env))
+        asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions))
+        supervisor = Supervisor(names, services.env, data_dir)
+        supervisor.start()
+        stack_file = data_dir / STACK_ENV
+        stack_file.write_text(json.dumps({"pid": os.getpid(), "env": services.env}))
+        console.print(f"[bold]ragstream up[/]: kafka {env['RAGSTREAM_KAFKA_BOOTSTRAP']}, "
+                      f"workers {', '.join(names)}; data in {data_dir}/. Ctrl-C stops.")
+        started = time.monotonic()
+        try:
+            if live:
+                with Live(console=console, refresh_per_second=2) as view:
+                    while not stop["now"] and not _expired(started, duration):
+                        view.update(_status_table(supervisor.poll()))
+                        time.sleep(1)
+            else:
+                while not stop["now"] and not _expired(started, duration):
+                    for s in supervisor.poll():
+                        console.print(f"{s.name} {s.state} pid={s.pid} processed={s.processed:.0f} "
+                                      f"rate={s.events_per_s:.1f}/s lag={s.lag:.0f} "
+                                      f"dlq={s.dead_lettered:.0f} restarts={s.restarts}")
+                    _sleep_unless(stop, 5)
+        finally:
+            console.print("stopping: draining workers, then the stores")
+            supervisor.stop(cfg.drain_timeout_s)
+            stack_file.unlink(missing_ok=True)
+    console.print("stopped cleanly")
+
+
+def _settings_kwargs(env: dict[str, str]) -> dict:
+    prefix = "RAGSTREAM_"
+    return {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)}
+
+
+def _expired(started: float, duration: float) -> bool:
+    return duration > 0 and time.monotonic() - started >= duration
+
+
+def _sleep_unless(stop: dict, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while not stop["now"] and time.monotonic() < end:
+        time.sleep(0.1)
+
+
+def _status_table(statuses) -> Table:
+    table = Table(title="ragstream workers")
+    for col in ("worker", "state", "pid", "events/s", "processed", "lag", "DLQ", "restarts"):
+        table.add_column(col, justify="right" if col not in ("worker", "state") else "left")
+    for s in statuses:
+        table.add_row(s.name, s.state, str(s.pid or "-"), f"{s.events_per_s:.1f}",
+                      f"{s.processed:.0f}", f"{s.lag:.0f}", f"{s.dead_lettered:.0f}",
+                      str(s.restarts))
+    return table
+
+
+@app.command()
+def demo(
+    limit: Annotated[int, typer.Option(help="Reuters articles to publish.")] = 200,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the results.")] = 60,
+) -> None:
+    """Publish a slice of Reuters-21578 to documents.v1 and show the results as they arrive.
+
+    Uses the stack of a running ``ragstream up``; with none running, it runs its own."""
+    cfg = settings()
+    if os.environ.get("RAGSTREAM_KAFKA_BOOTSTRAP"):
+        asyncio.run(_demo(cfg, limit, wait))
+        return
+    from ragstream.stack import embedded_services
+    from ragstream.supervisor import Supervisor
+    from ragstream.transport.kafka import ensure_topics
+    from schemas.catalogue import all_topic_names
+    from workers import DEFAULT_STACK
+
+    with embedded_services(_data_dir()) as services:
+        cfg = Settings(**_settings_kwargs(services.env))
+        asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions))
+        supervisor = Supervisor(list(DEFAULT_STACK), services.env, _data_dir())
+        supervisor.start()
+        try:
+            asyncio.run(_demo(cfg, limit, wait))
+        finally:
+            supervisor.stop(cfg.drain_timeout_s)
+
+
+async def _demo(cfg: Settings, limit: int, wait: float) -> None:
+    from producers import reuters
+    from producers.events import document_upserted
+    from producers.publisher import Publisher
+    from producers.subscribe import subscribe
+
+    docs = list(reuters.load(limit=limit))
+    envelopes = [document_upserted(d.doc_id, d.text, version=1, title=d.title,
+                                   source="ragstream/demo", metadata={"date": d.date})
+                 for d in docs]
+    wanted = {e.id for e in envelopes}
+    results = subscribe(cfg, "echo.v1", from_beginning=True)
+    async with Publisher(cfg) as pub:
+        await pub.publish(envelopes)
+    console.print(f"published {len(envelopes)} Reuters articles to documents.v1")
+    seen: set[str] = set()
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(wait):
+            async for envelope, _ in results:
+                source_id = envelope.data["source_event_id"]
+                if source_id in wanted and source_id not in seen:
+                    seen.add(source_id)
+                    console.print(f"[green]{envelope.type}[/] {envelope.subject} "
+                                  f"({len(seen)}/{len(wanted)})")
+                if seen == wanted:
+                    break
+    except TimeoutError:
+        pass
+    finally:
+        await results.aclose()
+    elapsed = time.monotonic() - started
+    console.print(f"{len(seen)}/{len(wanted)} results in {elapsed:.1f}s")
+    if seen != wanted:
+        raise typer.Exit(1)
+
+
+# producers and consumers ------------------------------------------------------------------------
+
+
+@app.command()
+def publish(
+    file: Annotated[Path | None, typer.Argument(help="JSON lines of envelopes; stdin if omitted.")]
+    = None,
+    topic_name: Annotated[str | None, typer.Option("--topic", help="Override the topic.")] = None,
+) -> None:
+    """Validate and publish envelopes from JSON lines. Invalid lines are reported, never sent."""
+    from producers.backfill import publish_lines
+
+    cfg = settings()
+    stream = file.open(encoding="utf-8") if file else sys.stdin
+    sent, errors = asyncio.run(publish_lines(cfg, stream, topic_name))
+    for line_no, reason in errors:
+        console.print(f"[red]line {line_no}[/]: {reason}")
+    console.print(f"published {sent}, rejected {len(errors)}")
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def backfill(
+    path: Path,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = True,
+    version: Annotated[int, typer.Option(help="Document version for files in a folder.")] = 1,
+) -> None:
+    """Publish a folder of text files or a JSONL of envelopes, resumably, with a progress bar."""
+    from producers.backfill import backfill as run_backfill
+
+    cfg = settings()
+    sent, skipped, errors = asyncio.run(run_backfill(cfg, path, resume=resume, version=version,
+                                                     console=console))
+    console.print(f"published {sent}, already done {skipped}, rejected {len(errors)}")
+    for where, reason in errors[:20]:
+        console.print(f"[red]{where}[/]: {reason}")
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def tail(
+    topic_name: Annotated[str, typer.Argument(metavar="TOPIC")],
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest event.")] = False,
+    limit: Annotated[int, typer.Option(help="Stop after this many events (0: never).")] = 0,
+) -> None:
+    """Print a topic's events as JSON lines, for downstream consumers and debugging."""
+    from producers.subscribe import subscribe
+
+    cfg = settings()
+
+    async def run() -> None:
+        n = 0
+        async for envelope, record in subscribe(cfg, topic_name, from_beginning=from_beginning):
+            print(json.dumps({"partition": record.partition, "offset": record.offset,
+                              "event": envelope.model_dump(mode="json")}), flush=True)
+            n += 1
+            if limit and n >= limit:
+                return
+
+    asyncio.run(run())
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    topic_name: Annotated[str, typer.Argument(metavar="TOPIC", help="e.g. documents.v1.dlq")],
+    reason: Annotated[str | None, typer.Option(help="Only dead letters with this reason.")] = None,
+    limit: Annotated[int, typer.Option(help="Replay at most this many (0: all).")] = 0,
+) -> None:
+    """Re-publish dead letters to their original topic, unchanged, after a fix."""
+    from producers.dlq import replay
+
+    cfg = settings()
+    replayed, passed = asyncio.run(replay(cfg, topic_name, reason=reason, limit=limit))
+    console.print(f"replayed {replayed}, passed over {passed} (other reasons)")
+
+
+@app.command()
+def topics(create: Annotated[bool, typer.Option(help="Create missing topics.")] = False) -> None:
+    """The topic catalogue (and, with --create, make sure the broker has every topic)."""
+    from schemas.catalogue import TOPICS, all_topic_names
+
+    table = Table(title="topic catalogue")
+    for col in ("topic", "version", "events", "dead letters", "description"):
+        table.add_column(col)
+    for spec in TOPICS.values():
+        table.add_row(spec.name, str(spec.version), "\n".join(spec.events), spec.dlq,
+                      spec.description)
+    Console().print(table)
+    if create:
+        from ragstream.transport.kafka import ensure_topics
+
+        cfg = settings()
+        asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions))
+
+
+def main() -> None:
+    app()

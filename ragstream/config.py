@@ -1,0 +1,91 @@
+"""Settings from the environment (``RAGSTREAM_*``) or secret files (``RAGSTREAM_*_FILE``).
+
+A ``*_FILE`` variable names a file whose content is the value (Docker and Kubernetes secrets).
+Secrets are ``SecretStr``: they print as ``**********`` and are registered with the log redactor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RAGSTREAM_"
+
+_secret_values: set[str] = set()
+
+
+def secret_values() -> frozenset[str]:
+    """Every secret value loaded so far, for the log redactor."""
+    return frozenset(_secret_values)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    transport: Literal["kafka", "memory"] = "kafka"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    # Idempotent producer (exactly-once produce per partition). Real Kafka: keep it on. The embedded
+    # Tansu 0.6 broker answers InitProducerId with UnknownError, so the embedded stack turns it off;
+    # consumers stay correct through deterministic event ids and idempotent sinks.
+    kafka_idempotence: bool = True
+    # redis://[:password@]host:port/db; the URL may hold a password, so it is a secret
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    neo4j_uri: str | None = None
+    neo4j_user: str = "neo4j"
+    neo4j_password: SecretStr | None = None
+
+    data_dir: Path = Path(".ragstream")
+    topic_partitions: int = Field(default=6, ge=1)
+    group_prefix: str = "ragstream"
+
+    # runtime
+    max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
+    batch_max_records: int = Field(default=500, ge=1)
+    batch_timeout_ms: int = Field(default=200, ge=1)
+    key_concurrency: int = Field(default=16, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=0.2, gt=0)
+    max_backoff_s: float = Field(default=30.0, gt=0)
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=2_000, ge=100)
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: pick a free port
+    log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        for name in cls.model_fields:
+            path = os.environ.get(f"{ENV_PREFIX}{name.upper()}_FILE")
+            if path and name not in values:
+                values[name] = Path(path).read_text().strip()
+        return values
+
+    @model_validator(mode="after")
+    def _register_secrets(self) -> Settings:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                secret = value.get_secret_value()
+                _secret_values.add(secret)
+                # a password inside a URL is a secret of its own
+                if "@" in secret and ":" in secret.split("@", 1)[0]:
+                    password = secret.split("@", 1)[0].rsplit(":", 1)[-1]
+                    if password:
+                        _secret_values.add(password)
+        return self
+
+    def group_id(self, worker: str) -> str:
+        return f"{self.group_prefix}.{worker}"

@@ -1,0 +1,33 @@
+"""Build a runtime for a worker on the configured transport, and serve it until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+
+from ragstream.config import Settings
+from ragstream.runtime import Worker, WorkerRuntime
+from ragstream.transport.memory import MemoryBroker, MemoryConsumer, MemoryProducer
+
+
+def make_runtime(worker: Worker, settings: Settings, *, broker: MemoryBroker | None = None,
+                 group_id: str | None = None) -> WorkerRuntime:
+    if settings.transport == "memory":
+        if broker is None:
+            raise ValueError("the memory transport needs a MemoryBroker (it is for tests only)")
+        return WorkerRuntime(worker, settings, functools.partial(MemoryConsumer, broker),
+                             MemoryProducer(broker), group_id=group_id)
+    from ragstream.transport.kafka import KafkaConsumer, KafkaProducer
+
+    return WorkerRuntime(worker, settings, functools.partial(KafkaConsumer, settings),
+                         KafkaProducer(settings), group_id=group_id)
+
+
+async def serve(worker: Worker, settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain: finish the batch, commit, leave the group."""
+    runtime = make_runtime(worker, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.stop)
+    await runtime.run()

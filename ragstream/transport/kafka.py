@@ -1,0 +1,146 @@
+"""Kafka through aiokafka: the production transport."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import aiokafka
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import OffsetAndMetadata
+from aiokafka.structs import TopicPartition as KafkaTP
+
+from ragstream.config import Settings
+from ragstream.transport.base import OutMessage, RebalanceCallback, Record, TopicPartition
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        opts["sasl_plain_username"] = settings.kafka_username
+        if settings.kafka_password is not None:
+            opts["sasl_plain_password"] = settings.kafka_password.get_secret_value()
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = aiokafka.helpers.create_ssl_context()
+    return opts
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback):
+        self._on_revoked, self._on_assigned = on_revoked, on_assigned
+
+    async def on_partitions_revoked(self, revoked):
+        await self._on_revoked({TopicPartition(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned):
+        await self._on_assigned({TopicPartition(tp.topic, tp.partition) for tp in assigned})
+
+
+class KafkaConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Sequence[str],
+        group_id: str,
+        on_revoked: RebalanceCallback,
+        on_assigned: RebalanceCallback,
+    ):
+        self._topics = list(topics)
+        self._listener = _Listener(on_revoked, on_assigned)
+        self._consumer = aiokafka.AIOKafkaConsumer(
+            **connection_options(settings),
+            group_id=group_id,
+            client_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=max(settings.max_event_bytes * 2, 1024 * 1024),
+            fetch_max_bytes=max(settings.max_event_bytes * 4, 52428800),
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            # max_poll_interval bounds one batch's processing time before the group evicts us
+            max_poll_interval_ms=300_000,
+        )
+
+    async def start(self) -> None:
+        self._consumer.subscribe(self._topics, listener=self._listener)
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> list[Record]:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return [
+            Record(m.topic, m.partition, m.offset, m.key, m.value or b"",
+                   list(m.headers or ()), m.timestamp)
+            for msgs in batches.values()
+            for m in msgs
+        ]
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def pause(self, tps: Sequence[TopicPartition]) -> None:
+        self._consumer.pause(*(KafkaTP(*tp) for tp in tps))
+
+    def resume(self, tps: Sequence[TopicPartition]) -> None:
+        self._consumer.resume(*(KafkaTP(*tp) for tp in tps))
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._consumer.seek(KafkaTP(*tp), offset)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        await self._consumer.commit({KafkaTP(*tp): OffsetAndMetadata(off, "")
+                                     for tp, off in offsets.items()})
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self._consumer.highwater(KafkaTP(*tp))
+
+
+class KafkaProducer:
+    def __init__(self, settings: Settings):
+        self._producer = aiokafka.AIOKafkaProducer(
+            **connection_options(settings),
+            acks="all",
+            enable_idempotence=settings.kafka_idempotence,
+            linger_ms=5,
+            max_request_size=max(settings.max_event_bytes * 2, 1048576),
+            compression_type=None,
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send_all(self, messages: Sequence[OutMessage]) -> None:
+        futures = [
+            await self._producer.send(m.topic, m.value, key=m.key, headers=m.headers or None)
+            for m in messages
+        ]
+        if futures:
+            await asyncio.gather(*futures)
+
+
+async def ensure_topics(settings: Settings, names: Sequence[str], partitions: int) -> None:
+    """Create missing topics; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()

@@ -1,0 +1,133 @@
+"""Payload models, one per event type. Version 1 of each.
+
+Every model ignores unknown fields, so a v1 consumer keeps working when a producer adds an
+optional field (the additive change that stays within a schema version).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.envelope import Identifier
+
+MAX_TEXT_CHARS = 2_000_000
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# documents.v1 ---------------------------------------------------------------------------------
+
+
+class DocumentUpserted(Payload):
+    """A document was created or changed. ``version`` grows with every change of the source."""
+
+    doc_id: str = Identifier
+    version: int = Field(ge=0)
+    title: str = Field(default="", max_length=10_000)
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+class DocumentDeleted(Payload):
+    """A tombstone: the document and everything derived from it must go."""
+
+    doc_id: str = Identifier
+    version: int = Field(ge=0)
+
+
+# chunks.embedded.v1 ---------------------------------------------------------------------------
+
+
+class ChunkEmbedded(Payload):
+    chunk_id: str = Identifier
+    doc_id: str = Identifier
+    doc_version: int = Field(ge=0)
+    position: int = Field(ge=0)
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    text_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    model_id: str
+    vector: list[float] | None = None
+    vector_ref: str | None = None
+
+
+class ChunksDeleted(Payload):
+    doc_id: str = Identifier
+    doc_version: int = Field(ge=0)
+    chunk_ids: list[str] = Field(default_factory=list)
+    all_chunks: bool = False
+
+
+# kg.changes.v1 --------------------------------------------------------------------------------
+
+
+class KgChanged(Payload):
+    doc_id: str = Identifier
+    doc_version: int = Field(ge=0)
+    entities: list[str] = Field(default_factory=list)
+    edges: list[tuple[str, str]] = Field(default_factory=list)
+    deleted: bool = False
+
+
+# graph.embeddings.v1 --------------------------------------------------------------------------
+
+
+class GraphEmbeddingsUpdated(Payload):
+    embedding_version: str
+    model_version: str
+    node_ids: list[str]
+    dimension: int = Field(gt=0)
+    vectors: list[list[float]] | None = None
+    full_refresh: bool = False
+
+
+# inference.requests.v1 / inference.results.v1 -------------------------------------------------
+
+
+TensorDtype = Literal[
+    "BYTES", "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "FP16", "FP32", "FP64"
+]
+
+
+class Tensor(Payload):
+    name: str = Field(min_length=1, max_length=256)
+    datatype: TensorDtype
+    shape: list[int] = Field(max_length=8)
+    data: list[Any]
+
+
+class InferenceRequested(Payload):
+    correlation_id: str = Identifier
+    model: str = Field(min_length=1, max_length=256)
+    model_version: str | None = None
+    inputs: list[Tensor] = Field(min_length=1)
+    reply_to: str = "inference.results.v1"
+    deadline: datetime | None = None
+    priority: int = Field(default=0, ge=0, le=9)
+
+
+class InferenceCompleted(Payload):
+    correlation_id: str = Identifier
+    model: str
+    model_version: str | None = None
+    status: Literal["ok", "expired", "invalid", "failed"]
+    outputs: list[Tensor] = Field(default_factory=list)
+    error: str | None = None
+
+
+# echo.v1 (diagnostics) ------------------------------------------------------------------------
+
+
+class EchoReceipt(Payload):
+    """The echo worker's receipt for one consumed event: proof the pipeline is alive."""
+
+    source_event_id: str
+    source_type: str
+    topic: str
+    partition: int
+    offset: int
+    subject: str

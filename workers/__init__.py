@@ -1,0 +1,26 @@
+"""Worker modules. Each states what it consumes, writes and emits; the runtime does the rest.
+
+Workers are imported lazily by name, so a process loads only the models its worker needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ragstream.runtime import Worker
+
+REGISTRY: dict[str, str] = {
+    "echo": "workers.echo:EchoWorker",
+    "noop": "workers.noop:NoopWorker",
+}
+
+# The workers `ragstream up` starts by default.
+DEFAULT_STACK: tuple[str, ...] = ("echo",)
+
+
+def load(name: str) -> type[Worker]:
+    try:
+        module, _, attr = REGISTRY[name].partition(":")
+    except KeyError:
+        raise KeyError(f"unknown worker {name!r}; known: {sorted(REGISTRY)}") from None
+    return getattr(importlib.import_module(module), attr)
