@@ -1,0 +1,70 @@
+"""Real services for the tests: a fresh Tansu broker per test (it starts in milliseconds, so
+topics never leak between tests) and one FalkorDB per session, keyed apart by a per-test prefix.
+A service that cannot start fails the test run loudly; nothing is skipped."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from ragstream.config import Settings
+from ragstream.stack import FalkorDB, Tansu
+from ragstream.transport.kafka import ensure_topics
+from schemas.catalogue import all_topic_names
+
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="session")
+def falkordb(tmp_path_factory) -> FalkorDB:
+    server = FalkorDB(tmp_path_factory.mktemp("falkordb"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tansu(tmp_path) -> Tansu:
+    broker = Tansu(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def env(tansu: Tansu, falkordb: FalkorDB, tmp_path: Path) -> dict[str, str]:
+    """RAGSTREAM_* settings for this test, for worker subprocesses and in-process runtimes."""
+    return {
+        "RAGSTREAM_KAFKA_BOOTSTRAP": tansu.bootstrap,
+        "RAGSTREAM_KAFKA_IDEMPOTENCE": "false",
+        "RAGSTREAM_REDIS_URL": falkordb.url,
+        "RAGSTREAM_DATA_DIR": str(tmp_path / "data"),
+        "RAGSTREAM_GROUP_PREFIX": f"t{uuid.uuid4().hex[:8]}",
+        "RAGSTREAM_TOPIC_PARTITIONS": str(PARTITIONS),
+        "RAGSTREAM_SESSION_TIMEOUT_MS": "6000",
+        "RAGSTREAM_HEARTBEAT_INTERVAL_MS": "500",
+        "RAGSTREAM_BATCH_TIMEOUT_MS": "100",
+        "RAGSTREAM_RETRY_BACKOFF_S": "0.05",
+        "RAGSTREAM_MAX_BACKOFF_S": "2",
+        "RAGSTREAM_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in env.items()})
+
+
+@pytest.fixture
+async def topics(settings: Settings) -> None:
+    await ensure_topics(settings, all_topic_names(), PARTITIONS)
+
+
+@pytest.fixture
+def redis_client(falkordb: FalkorDB) -> redis.Redis:
+    client = redis.Redis(port=falkordb.port)
+    yield client
+    client.close()
