@@ -1,0 +1,138 @@
+"""Hostile input over real Kafka: every malformed event lands in the DLQ with a reason, every
+valid one is processed, and the worker never stops. Then a dead letter is replayed after a fix."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from producers.dlq import replay
+from producers.events import document_upserted
+from producers.publisher import Publisher, encode
+from ragstream.config import Settings
+from ragstream.runtime import Batch, PermanentError
+from ragstream.stack import Tansu
+from ragstream.transport.base import OutMessage
+from ragstream.transport.kafka import ensure_topics
+from schemas.catalogue import all_topic_names
+from tests.helpers import eventually, read_topic, running
+from workers.echo import EchoWorker
+
+MAX_BYTES = 4096
+HOSTILE = ["x'}) DETACH DELETE n //", "`; MATCH (n) DETACH DELETE n", "$(rm -rf /)", "\u202e",
+           "\ud7ff\ue000", "Robert'); DROP TABLE documents;--", "{{7*7}}", "\t\r\n"]
+
+
+def valid_envelope(text: str):
+    return document_upserted(f"doc-{uuid.uuid4().hex}", text, version=1)
+
+
+def corrupt(kind: str, blob: bytes, text: str) -> bytes:
+    good = json.loads(encode(valid_envelope("ok")).value)
+    return {
+        "random_bytes": b"\xff" + blob,  # 0xff never starts valid UTF-8
+        "truncated": json.dumps(good).encode()[: max(len(blob) % 200, 1)],
+        "not_an_object": json.dumps([text]).encode(),
+        "missing_field": json.dumps({k: v for k, v in good.items() if k != "subject"}).encode(),
+        "wrong_type": json.dumps(good | {"data": good["data"] | {"version": text + "x"}}).encode(),
+        "unknown_version": json.dumps(good | {"schemaversion": 7}).encode(),
+        "unknown_type": json.dumps(good | {"type": "ragstream.document.exploded"}).encode(),
+        "nul_in_key": json.dumps(good | {"subject": "a\u0000b"}).encode(),
+        "oversized": json.dumps(good | {"data": good["data"] | {"text": "y" * MAX_BYTES}}).encode(),
+        "deep_nesting": b'{"data":' * 5000 + b"{}" + b"}" * 5000,
+    }[kind]
+
+
+stream_items = st.one_of(
+    st.builds(lambda t: ("valid", t), st.one_of(st.text(max_size=200), st.sampled_from(HOSTILE))),
+    st.builds(lambda k, b, t: ("invalid", k, b, t),
+              st.sampled_from(["random_bytes", "truncated", "not_an_object", "missing_field",
+                               "wrong_type", "unknown_version", "unknown_type", "nul_in_key",
+                               "oversized", "deep_nesting"]),
+              st.binary(max_size=300), st.text(max_size=50)),
+)
+
+
+@hsettings(max_examples=4, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(stream=st.lists(stream_items, min_size=20, max_size=120))
+async def test_malformed_events_go_to_the_dlq_and_valid_ones_are_processed(
+        stream, falkordb, redis_client, tmp_path):
+    broker = Tansu(tmp_path)  # a fresh broker per example: no topic leaks between examples
+    broker.start()
+    try:
+        settings = Settings(kafka_bootstrap=broker.bootstrap, kafka_idempotence=False,
+                            redis_url=falkordb.url, group_prefix=f"h{uuid.uuid4().hex[:8]}",
+                            max_event_bytes=MAX_BYTES, batch_timeout_ms=50)
+        await ensure_topics(settings, all_topic_names(), 3)
+        messages, valid_ids, invalid = [], set(), 0
+        for item in stream:
+            if item[0] == "valid":
+                envelope = valid_envelope(item[1])
+                valid_ids.add(envelope.id)
+                messages.append(encode(envelope))
+            else:
+                invalid += 1
+                messages.append(OutMessage("documents.v1", None, corrupt(*item[1:])))
+        async with Publisher(settings) as pub:
+            await pub.send_raw(messages)
+
+        prefix = f"{settings.group_prefix}:echo"
+        async with running(EchoWorker(), settings):
+            async def done() -> bool:
+                return int(redis_client.get(f"{prefix}:effects") or 0) == len(valid_ids)
+            await eventually(done, 60, message="all valid events processed")
+            dead = await read_topic(settings, "documents.v1.dlq", timeout=1.0)
+            while len(dead) < invalid:
+                dead = await read_topic(settings, "documents.v1.dlq", timeout=1.0)
+        assert set(redis_client.hkeys(f"{prefix}:ledger")) == {i.encode() for i in valid_ids}
+        assert len(dead) == invalid
+        for record in dead:
+            headers = dict(record.headers)
+            assert headers["x-error-reason"] and headers["x-error-message"]
+            assert headers["x-stage"] == b"decode"
+    finally:
+        broker.stop()
+
+
+class FlakyUntilFixed(EchoWorker):
+    """Fails permanently on documents whose text says so, until the flag in Redis says fixed."""
+
+    name = "echo"
+
+    async def process(self, batch: Batch) -> None:
+        fixed = await self._redis.get(f"{self.sinks['ledger'].keys[0]}:fixed")
+        for event in batch.events:
+            if event.payload.text == "needs a fix" and not fixed:
+                raise PermanentError("bug in the worker")
+        await super().process(batch)
+
+
+async def test_dlq_replay_republishes_after_a_fix(settings, topics, redis_client):
+    events = [document_upserted(f"d{i}", "needs a fix" if i == 3 else "fine", version=1)
+              for i in range(6)]
+    async with Publisher(settings) as pub:
+        await pub.publish(events)
+    prefix = f"{settings.group_prefix}:echo"
+    effects = lambda: int(redis_client.get(f"{prefix}:effects") or 0)  # noqa: E731
+    async with running(FlakyUntilFixed(), settings):
+        async def five() -> bool:
+            return effects() == 5
+        await eventually(five, 30, message="five processed")
+        await eventually(lambda: _has_dead_letter(settings), 30, message="one dead letter")
+        redis_client.set(f"{prefix}:ledger:fixed", "1")  # the fix is deployed
+        replayed, passed = await replay(settings, "documents.v1.dlq")
+        assert (replayed, passed) == (1, 0)
+
+        async def six() -> bool:
+            return effects() == 6
+        await eventually(six, 30, message="the replayed event is processed")
+    assert redis_client.hexists(f"{prefix}:ledger", events[3].id)
+    # the replay cursor is durable: a second replay finds nothing new
+    assert await replay(settings, "documents.v1.dlq", idle_ms=500) == (0, 0)
+
+
+async def _has_dead_letter(settings) -> bool:
+    return len(await read_topic(settings, "documents.v1.dlq", timeout=0.5)) == 1

@@ -1,0 +1,215 @@
+"""The runtime's event path on the in-memory transport: fast, and exact about each decision."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from producers.events import document_upserted
+from producers.publisher import encode
+from ragstream.config import Settings
+from ragstream.runtime import Batch, PermanentError, Sink, SinkUnavailable, Worker, for_each_key
+from ragstream.transport.base import OutMessage
+from ragstream.transport.memory import MemoryBroker
+from tests.helpers import eventually, running
+
+
+def memory_settings(**kw) -> Settings:
+    return Settings(transport="memory", batch_timeout_ms=20, retry_backoff_s=0.01,
+                    max_backoff_s=0.2, max_attempts=3, **kw)
+
+
+class ListSink(Sink):
+    """Keeps every flushed item; ``fail_next`` makes the next flushes raise."""
+
+    def __init__(self):
+        self.items: list = []
+        self.failures: list[Exception] = []
+
+    async def flush(self, items: list) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.items.extend(items)
+
+
+class Recorder(Worker):
+    name = "recorder"
+    consumes = ("documents.v1",)
+
+    def __init__(self, poison: set[str] = frozenset(), permanent: bool = False):
+        self.poison, self.permanent = poison, permanent
+        self.calls = 0
+        self.sink = ListSink()
+
+    async def setup(self, ctx) -> None:
+        self.sinks = {"out": self.sink}
+
+    async def process(self, batch: Batch) -> None:
+        self.calls += 1
+        for event in batch.events:
+            if event.payload.doc_id in self.poison:
+                raise (PermanentError if self.permanent else ValueError)(
+                    f"cannot handle {event.payload.doc_id}")
+            batch.write("out", (event.key, event.payload.version))
+
+
+def publish(broker: MemoryBroker, envelopes) -> None:
+    for e in envelopes:
+        broker.append(encode(e))
+
+
+def dead_letters(broker: MemoryBroker) -> list[dict]:
+    return [{k: v.decode() for k, v in r.headers if k.startswith("x-")} | {"value": r.value}
+            for r in broker.records("documents.v1.dlq")]
+
+
+async def wait_committed(broker: MemoryBroker, group: str = "ragstream.recorder") -> None:
+    async def done() -> bool:
+        ends = {tp: len(log) for tp, log in broker.logs.items() if tp.topic == "documents.v1"}
+        return all(broker.committed.get((group, tp)) == end for tp, end in ends.items())
+    await eventually(done, 10, interval=0.02, message="all offsets committed")
+
+
+async def test_bad_input_goes_to_the_dlq_with_its_reason_and_the_rest_is_processed():
+    broker = MemoryBroker()
+    good = [document_upserted(f"d{i}", "text", version=1) for i in range(3)]
+    publish(broker, good)
+    valid = json.loads(encode(good[0]).value)
+    bad_values = {
+        "invalid_json": b"{not json",
+        "invalid_utf8": b"\xff\xfe\x00",
+        "invalid_envelope": json.dumps({"type": "x"}).encode(),
+        "unknown_type": json.dumps(valid | {"type": "ragstream.nope"}).encode(),
+        "unsupported_version": json.dumps(valid | {"schemaversion": 2}).encode(),
+        "invalid_payload": json.dumps(valid | {"data": {"doc_id": "d", "version": "x"}}).encode(),
+        "oversized": json.dumps(valid | {"data": valid["data"] | {"text": "x" * 2_000_000}}).encode(),
+    }
+    for i, value in enumerate(bad_values.values()):
+        broker.append(OutMessage("documents.v1", f"bad{i}".encode(), value))
+    worker = Recorder()
+    async with running(worker, memory_settings(), broker=broker):
+        await wait_committed(broker)
+
+    assert sorted(worker.sink.items) == [("d0", 1), ("d1", 1), ("d2", 1)]
+    letters = dead_letters(broker)
+    assert sorted(d["x-error-reason"] for d in letters) == sorted(bad_values)
+    for d in letters:
+        assert d["value"] == bad_values[d["x-error-reason"]]  # the original bytes, unchanged
+        assert d["x-stage"] == "decode" and d["x-original-topic"] == "documents.v1"
+        assert {"x-error-class", "x-error-message", "x-attempts", "x-original-partition",
+                "x-original-offset"} <= d.keys()
+
+
+@pytest.mark.parametrize("permanent", [False, True])
+async def test_a_poison_event_is_isolated_and_its_batch_mates_are_processed(permanent):
+    broker = MemoryBroker(partitions=1)
+    publish(broker, [document_upserted(f"d{i}", "t", version=1) for i in range(20)])
+    worker = Recorder(poison={"d7"}, permanent=permanent)
+    async with running(worker, memory_settings(), broker=broker):
+        await wait_committed(broker)
+
+    assert sorted(worker.sink.items) == sorted((f"d{i}", 1) for i in range(20) if i != 7)
+    [letter] = dead_letters(broker)
+    assert letter["x-original-offset"] == "7"
+    assert letter["x-error-class"] == ("PermanentError" if permanent else "ValueError")
+    assert letter["x-error-reason"] == ("permanent" if permanent else "retries_exhausted")
+    assert letter["x-attempts"] == ("1" if permanent else "3")
+    assert letter["x-stage"] == "process"
+
+
+async def test_a_transient_error_is_retried_without_dead_letters():
+    broker = MemoryBroker(partitions=1)
+    publish(broker, [document_upserted(f"d{i}", "t", version=1) for i in range(5)])
+    worker = Recorder()
+    worker.sink.failures = [RuntimeError("blip")]
+    async with running(worker, memory_settings(), broker=broker) as runtime:
+        await wait_committed(broker)
+        retried = runtime.metrics.retried.labels("recorder", "documents.v1")._value.get()
+    assert sorted(worker.sink.items) == [(f"d{i}", 1) for i in range(5)]
+    assert dead_letters(broker) == []
+    assert retried == 5
+
+
+async def test_an_unavailable_sink_pauses_and_replays_and_never_drops():
+    broker = MemoryBroker(partitions=2)
+    publish(broker, [document_upserted(f"d{i}", "t", version=1) for i in range(10)])
+    worker = Recorder()
+    # five outages in a row: far more than max_attempts, yet nothing may be dead-lettered
+    worker.sink.failures = [SinkUnavailable("store down") for _ in range(5)]
+    async with running(worker, memory_settings(), broker=broker) as runtime:
+        await wait_committed(broker)
+        pauses = runtime.metrics.backpressure.labels("recorder")._value.get()
+    assert sorted(set(worker.sink.items)) == sorted((f"d{i}", 1) for i in range(10))
+    assert dead_letters(broker) == []
+    assert pauses == 5
+
+
+async def test_rejected_events_are_dead_lettered_by_name():
+    class Picky(Recorder):
+        async def process(self, batch: Batch) -> None:
+            for event in batch.events:
+                if event.payload.text == "bad":
+                    batch.reject(event, "empty_text", "the text is not usable")
+                else:
+                    batch.write("out", event.key)
+
+    broker = MemoryBroker(partitions=1)
+    publish(broker, [document_upserted("a", "good", version=1), document_upserted("b", "bad", version=1)])
+    worker = Picky()
+    async with running(worker, memory_settings(), broker=broker):
+        await wait_committed(broker)
+    assert worker.sink.items == ["a"]
+    [letter] = dead_letters(broker)
+    assert (letter["x-error-reason"], letter["x-error-class"]) == ("empty_text", "Rejected")
+
+
+async def test_emitted_events_have_ids_derived_from_their_cause():
+    class Echo(Recorder):
+        async def process(self, batch: Batch) -> None:
+            from schemas.catalogue import ECHO_RECEIPT
+            from schemas.payloads import EchoReceipt
+
+            for e in batch.events:
+                batch.emit("echo.v1", ECHO_RECEIPT, EchoReceipt(
+                    source_event_id=e.id, source_type=e.type, topic=e.record.topic,
+                    partition=e.record.partition, offset=e.record.offset, subject=e.key), cause=e)
+
+    envelope = document_upserted("a", "t", version=1,
+                                 traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    ids = []
+    for _ in range(2):  # the same event processed twice (a replay) emits the same id
+        broker = MemoryBroker(partitions=1)
+        publish(broker, [envelope])
+        async with running(Echo(), memory_settings(), broker=broker):
+            await wait_committed(broker)
+        [receipt] = broker.records("echo.v1")
+        body = json.loads(receipt.value)
+        ids.append(body["id"])
+        assert body["traceparent"].split("-")[1] == "a" * 32  # same trace
+    assert ids[0] == ids[1]
+
+
+async def test_for_each_key_keeps_order_per_key_and_bounds_concurrency():
+    broker = MemoryBroker(partitions=1)
+    publish(broker, [document_upserted(f"k{i % 3}", "t", version=v) for v in range(4) for i in range(3)])
+    from ragstream.runtime import Event
+    from schemas.catalogue import decode, topic
+
+    events = [Event(r, *decode(topic("documents.v1"), r.value, 10**6))
+              for r in broker.records("documents.v1")]
+    seen: dict[str, list[int]] = {}
+    active, peak = 0, 0
+
+    async def handle(e) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)
+        seen.setdefault(e.key, []).append(e.payload.version)
+        active -= 1
+
+    await for_each_key(events, handle, limit=2)
+    assert seen == {f"k{i}": [0, 1, 2, 3] for i in range(3)}
+    assert peak == 2
