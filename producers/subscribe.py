@@ -3,7 +3,7 @@
     async for envelope, record in subscribe(settings, "kg.changes.v1", group="my-service"):
         ...
 
-With a group, offsets are committed after the events of a fetched batch were all handed out and
+Envelopes are typed: ``envelope.data`` is the topic's payload model. With a group, offsets are committed after the events of a fetched batch were all handed out and
 the next batch is asked for: at-least-once, so dedupe on ``envelope.id``. Without a group it reads
 every partition from the end (or the beginning) and commits nothing.
 """
@@ -40,7 +40,7 @@ async def subscribe(settings: Settings, topic_name: str, *, group: str | None = 
                     record = Record(m.topic, m.partition, m.offset, m.key, m.value or b"",
                                     list(m.headers or ()), m.timestamp)
                     try:
-                        envelope, _ = decode(spec, record.value, settings.max_event_bytes)
+                        envelope = decode(spec, record.value, settings.max_event_bytes)
                     except DecodeError as exc:
                         log.warning("skipping undecodable event", extra={
                             "topic": m.topic, "offset": m.offset, "reason": exc.reason})

@@ -194,7 +194,7 @@ async def _demo(cfg: Settings, limit: int, wait: float) -> None:
     try:
         async with asyncio.timeout(wait):
             async for envelope, _ in results:
-                source_id = envelope.data["source_event_id"]
+                source_id = envelope.data.source_event_id
                 if source_id in wanted and source_id not in seen:
                     seen.add(source_id)
                     console.print(f"[green]{envelope.type}[/] {envelope.subject} "

@@ -72,8 +72,11 @@ class Event:
     """A decoded, validated event and the record it came from."""
 
     record: Record
-    envelope: Envelope
-    payload: Payload
+    envelope: Envelope  # typed: ``envelope.data`` is the payload model
+
+    @property
+    def payload(self) -> Payload:
+        return self.envelope.data
 
     @property
     def id(self) -> str:
@@ -354,14 +357,14 @@ class WorkerRuntime:
 
         self.metrics.process_seconds.labels(name).observe(time.perf_counter() - started)
         now = time.time()
+        freshness = {t: self.metrics.freshness.labels(name, t) for t in per_topic}
         processed: dict[str, int] = defaultdict(int)
         for b in batches:
             rejected = {id(x.event) for x in b.rejected}
             for e in b.events:
                 if id(e) not in rejected:
                     processed[e.record.topic] += 1
-                    self.metrics.freshness.labels(name, e.record.topic).observe(
-                        max(now - e.envelope.time.timestamp(), 0.0))
+                    freshness[e.record.topic].observe(max(now - e.envelope.time.timestamp(), 0.0))
         for t, n in processed.items():
             self.metrics.processed.labels(name, t).inc(n)
         for t, n in _count(t for t, _ in emitted).items():
@@ -376,8 +379,7 @@ class WorkerRuntime:
     def _decode(self, record: Record, dead: list[DeadLetter]) -> Event | None:
         spec = self._specs[record.topic]
         try:
-            envelope, payload = decode(spec, record.value, self.settings.max_event_bytes)
-            return Event(record, envelope, payload)
+            return Event(record, decode(spec, record.value, self.settings.max_event_bytes))
         except DecodeError as exc:
             dead.append(DeadLetter(record, "DecodeError", exc.reason, exc.message, "decode", 1))
         except Exception as exc:  # a decoder crash on hostile input must not stop the partition
@@ -448,9 +450,8 @@ class WorkerRuntime:
             self.consumer.resume([tp for tp in due if tp in self.consumer.assignment()])
 
     async def _commit(self, records: list[Record]) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for r in records:
-            offsets[r.tp] = max(offsets.get(r.tp, -1), r.offset + 1)
+        # a batch holds each partition's records in offset order: the last one per partition wins
+        offsets = {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
         for tp, off in offsets.items():
             self._partitions.setdefault(tp, _PartitionState()).next_offset = off
         assigned = self.consumer.assignment()

@@ -197,7 +197,7 @@ async def test_for_each_key_keeps_order_per_key_and_bounds_concurrency():
     from ragstream.runtime import Event
     from schemas.catalogue import decode, topic
 
-    events = [Event(r, *decode(topic("documents.v1"), r.value, 10**6))
+    events = [Event(r, decode(topic("documents.v1"), r.value, 10**6))
               for r in broker.records("documents.v1")]
     seen: dict[str, list[int]] = {}
     active, peak = 0, 0

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-Headers = list[tuple[str, bytes]]
+Headers = Sequence[tuple[str, bytes]]
 
 
 class TopicPartition(NamedTuple):
@@ -14,16 +14,15 @@ class TopicPartition(NamedTuple):
     partition: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed message, as it came off the wire."""
+class Record(NamedTuple):
+    """One consumed message, as it came off the wire (a tuple: cheap to make per message)."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes
-    headers: Headers = field(default_factory=list)
+    headers: Headers = ()
     timestamp_ms: int | None = None
 
     @property
