@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import urllib.error
+import urllib.request
 
 from producers.events import document_upserted
 from producers.publisher import Publisher
@@ -20,7 +23,19 @@ async def test_echo_worker_consumes_writes_and_publishes(settings, topics, redis
         async def all_applied() -> bool:
             return int(redis_client.get(f"{prefix}:effects") or 0) == 100
         await eventually(all_applied, 30, message="100 ledger effects")
+
+        async def caught_up() -> bool:
+            text = runtime.metrics.render().decode()
+            lags = [line for line in text.splitlines() if line.startswith("ragstream_consumer_lag{")]
+            return len(lags) == 4 and all(line.endswith(" 0.0") for line in lags)
+        await eventually(caught_up, 10, message="a lag series per partition, all at 0")
         metrics = runtime.metrics.render().decode()
+        base = f"http://127.0.0.1:{runtime.health.port}"
+        # the health server shares this event loop: call it from a thread
+        assert await asyncio.to_thread(_get, base + "/healthz") == (200, b"ok\n")
+        assert await asyncio.to_thread(_get, base + "/readyz") == (200, b"ok\n")
+        status, body = await asyncio.to_thread(_get, base + "/metrics")
+        assert status == 200 and b"ragstream_event_freshness_seconds_bucket" in body
 
     receipts = await read_topic(settings, "echo.v1")
     sources = {json.loads(r.value)["data"]["source_event_id"] for r in receipts}
@@ -29,3 +44,11 @@ async def test_echo_worker_consumes_writes_and_publishes(settings, topics, redis
     assert {r.key.decode() for r in receipts} == {f"doc-{i}" for i in range(100)}
     assert redis_client.hlen(f"{prefix}:ledger") == 100
     assert 'ragstream_events_processed_total{topic="documents.v1",worker="echo"} 100.0' in metrics
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
