@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ragstream.config import Settings
+from ragstream.transport import make_producer
 from ragstream.transport.base import OutMessage, Producer
 from schemas.catalogue import TOPICS, DecodeError, topic, validate
 from schemas.envelope import Envelope
@@ -38,11 +39,7 @@ class Publisher:
 
     def __init__(self, settings: Settings, producer: Producer | None = None):
         self.settings = settings
-        if producer is None:
-            from ragstream.transport.kafka import KafkaProducer
-
-            producer = KafkaProducer(settings)
-        self._producer = producer
+        self._producer = producer or make_producer(settings)
 
     async def __aenter__(self) -> Publisher:
         await self._producer.start()

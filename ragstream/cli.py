@@ -75,9 +75,9 @@ def up(
     """Start the embedded stack (Tansu, FalkorDB, the workers) and show their live status."""
     from ragstream.stack import embedded_services
     from ragstream.supervisor import Supervisor
-    from ragstream.transport.kafka import ensure_topics
+    from ragstream.transport import ensure_topics
     from schemas.catalogue import all_topic_names
-    from workers import DEFAULT_STACK
+    from workers import DEFAULT_STACK, consumer_groups
 
     data_dir = _data_dir()
     names = [w.strip() for w in workers.split(",") if w.strip()] or list(DEFAULT_STACK)
@@ -91,7 +91,8 @@ def up(
     with embedded_services(data_dir) as services:
         env = {**os.environ, **services.env}
         cfg = Settings(**_settings_kwargs(services.env))
-        asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions))
+        asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions,
+                                  consumer_groups(names, cfg.group_id)))
         supervisor = Supervisor(names, services.env, data_dir)
         supervisor.start()
         stack_file = data_dir / STACK_ENV
@@ -159,13 +160,14 @@ def demo(
         return
     from ragstream.stack import embedded_services
     from ragstream.supervisor import Supervisor
-    from ragstream.transport.kafka import ensure_topics
+    from ragstream.transport import ensure_topics
     from schemas.catalogue import all_topic_names
-    from workers import DEFAULT_STACK
+    from workers import DEFAULT_STACK, consumer_groups
 
     with embedded_services(_data_dir()) as services:
         cfg = Settings(**_settings_kwargs(services.env))
-        asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions))
+        asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions,
+                                  consumer_groups(list(DEFAULT_STACK), cfg.group_id)))
         supervisor = Supervisor(list(DEFAULT_STACK), services.env, _data_dir())
         supervisor.start()
         try:
@@ -290,7 +292,11 @@ def dlq_replay(
 
 
 @app.command()
-def topics(create: Annotated[bool, typer.Option(help="Create missing topics.")] = False) -> None:
+def topics(
+    create: Annotated[bool, typer.Option(help="Create missing topics.")] = False,
+    workers: Annotated[str, typer.Option(
+        help="Deployed workers whose queues to declare (RabbitMQ; Kafka needs none).")] = "",
+) -> None:
     """The topic catalogue (and, with --create, make sure the broker has every topic)."""
     from schemas.catalogue import TOPICS, all_topic_names
 
@@ -302,10 +308,14 @@ def topics(create: Annotated[bool, typer.Option(help="Create missing topics.")] 
                       spec.description)
     Console().print(table)
     if create:
-        from ragstream.transport.kafka import ensure_topics
+        from ragstream.transport import ensure_topics
+
+        from workers import DEFAULT_STACK, consumer_groups
 
         cfg = settings()
-        asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions))
+        names = [w.strip() for w in workers.split(",") if w.strip()] or list(DEFAULT_STACK)
+        asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions,
+                                  consumer_groups(names, cfg.group_id)))
 
 
 def main() -> None:

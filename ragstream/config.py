@@ -26,7 +26,7 @@ def secret_values() -> frozenset[str]:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    transport: Literal["kafka", "memory"] = "kafka"
+    transport: Literal["kafka", "rabbitmq", "memory"] = "kafka"
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     # Tansu 0.6 broker answers InitProducerId with UnknownError, so the embedded stack turns it off;
     # consumers stay correct through deterministic event ids and idempotent sinks.
     kafka_idempotence: bool = True
+    rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672//")
+    rabbitmq_namespace: str = "ragstream"  # prefix of every exchange and dead-letter queue
+    # deliveries of one message before RabbitMQ dead-letters it itself: the net under a message
+    # that crashes its worker every time, before the runtime can dead-letter it with a reason
+    rabbitmq_delivery_limit: int = Field(default=20, ge=1)
+    # one active consumer per queue keeps order per key; off, replicas compete and only the
+    # version checks of the sinks keep the end state right
+    rabbitmq_single_active_consumer: bool = False
     # redis://[:password@]host:port/db; the URL may hold a password, so it is a secret
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     neo4j_uri: str | None = None

@@ -8,6 +8,7 @@ import signal
 
 from ragstream.config import Settings
 from ragstream.runtime import Worker, WorkerRuntime
+from ragstream.transport import consumer_factory, make_producer
 from ragstream.transport.memory import MemoryBroker, MemoryConsumer, MemoryProducer
 
 
@@ -18,10 +19,8 @@ def make_runtime(worker: Worker, settings: Settings, *, broker: MemoryBroker | N
             raise ValueError("the memory transport needs a MemoryBroker (it is for tests only)")
         return WorkerRuntime(worker, settings, functools.partial(MemoryConsumer, broker),
                              MemoryProducer(broker), group_id=group_id)
-    from ragstream.transport.kafka import KafkaConsumer, KafkaProducer
-
-    return WorkerRuntime(worker, settings, functools.partial(KafkaConsumer, settings),
-                         KafkaProducer(settings), group_id=group_id)
+    return WorkerRuntime(worker, settings, consumer_factory(settings), make_producer(settings),
+                         group_id=group_id)
 
 
 async def serve(worker: Worker, settings: Settings) -> None:

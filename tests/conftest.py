@@ -54,6 +54,30 @@ def env(tansu: Tansu, falkordb: FalkorDB, tmp_path: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture(params=["kafka", "rabbitmq"])
+def transport_env(request, env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a test that must hold on both transports; RabbitMQ names are per test."""
+    prefix = env["RAGSTREAM_GROUP_PREFIX"]
+    yield {**env, "RAGSTREAM_TRANSPORT": request.param, "RAGSTREAM_RABBITMQ_NAMESPACE": prefix}
+    if request.param == "rabbitmq":
+        from tests.helpers import delete_rabbitmq_namespace
+
+        delete_rabbitmq_namespace(Settings(), prefix + ".")
+
+
+@pytest.fixture
+def transport_settings(transport_env: dict[str, str]) -> Settings:
+    return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in transport_env.items()})
+
+
+@pytest.fixture
+async def transport_topics(transport_settings: Settings) -> None:
+    from ragstream.transport import ensure_topics as ensure
+
+    await ensure(transport_settings, all_topic_names(), PARTITIONS,
+                 {transport_settings.group_id("echo"): ("documents.v1",)})
+
+
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
     return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in env.items()})

@@ -71,3 +71,63 @@ async def read_topic(settings: Settings, topic: str, timeout: float = 2.0) -> li
     finally:
         await consumer.stop()
     return out
+
+
+class Tap:
+    """Everything published to a topic, on either transport. Kafka keeps its log, so reading it
+    later suffices; RabbitMQ keeps only what a bound queue caught, so bind one before publishing."""
+
+    def __init__(self, settings: Settings, topic: str):
+        self.settings, self.topic = settings, topic
+        self._queue = None
+        if settings.transport == "rabbitmq":
+            import kombu
+
+            from ragstream.transport.rabbitmq import tap_queue
+
+            self._queue = tap_queue(settings, topic, "test")
+            with kombu.Connection(settings.rabbitmq_url.get_secret_value()) as conn:
+                self._queue.bind(conn.default_channel).declare()
+        self._seen: list[Record] = []
+
+    async def read(self, timeout: float = 2.0) -> list[Record]:
+        if self._queue is None:
+            return await read_topic(self.settings, self.topic, timeout)
+        return await asyncio.to_thread(self._drain, timeout)
+
+    def _drain(self, timeout: float) -> list[Record]:
+        import kombu
+
+        from ragstream.transport.rabbitmq import _record
+
+        with kombu.Connection(self.settings.rabbitmq_url.get_secret_value()) as conn:
+            queue = self._queue.bind(conn.default_channel)
+            idle_until = time.monotonic() + timeout
+            while time.monotonic() < idle_until:
+                message = queue.get(no_ack=True, accept=None)
+                if message is None:
+                    time.sleep(0.05)
+                    continue
+                self._seen.append(_record(message, self.topic))
+                idle_until = time.monotonic() + timeout
+        return list(self._seen)
+
+
+def delete_rabbitmq_namespace(settings: Settings, *prefixes: str) -> None:
+    """Remove a test's queues and exchanges, so nothing piles up in the shared broker."""
+    import subprocess
+
+    import kombu
+
+    listed = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name"],
+                            capture_output=True, text=True, timeout=60).stdout.split()
+    listed_ex = subprocess.run(["rabbitmqctl", "list_exchanges", "-q", "--no-table-headers",
+                                "name"], capture_output=True, text=True, timeout=60).stdout.split()
+    with kombu.Connection(settings.rabbitmq_url.get_secret_value()) as conn:
+        channel = conn.default_channel
+        for name in listed:
+            if name.startswith(prefixes):
+                channel.queue_delete(name)
+        for name in listed_ex:
+            if name.startswith(prefixes):
+                channel.exchange_delete(name)

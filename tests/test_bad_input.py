@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from producers.dlq import replay
@@ -15,9 +16,9 @@ from ragstream.config import Settings
 from ragstream.runtime import Batch, PermanentError
 from ragstream.stack import Tansu
 from ragstream.transport.base import OutMessage
-from ragstream.transport.kafka import ensure_topics
+from ragstream.transport import ensure_topics
 from schemas.catalogue import all_topic_names
-from tests.helpers import eventually, read_topic, running
+from tests.helpers import Tap, delete_rabbitmq_namespace, eventually, read_topic, running
 from workers.echo import EchoWorker
 
 MAX_BYTES = 4096
@@ -55,18 +56,22 @@ stream_items = st.one_of(
 )
 
 
+@pytest.mark.parametrize("transport", ["kafka", "rabbitmq"])
 @hsettings(max_examples=4, deadline=None,
            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(stream=st.lists(stream_items, min_size=20, max_size=120))
 async def test_malformed_events_go_to_the_dlq_and_valid_ones_are_processed(
-        stream, falkordb, redis_client, tmp_path):
+        transport, stream, falkordb, redis_client, tmp_path):
     broker = Tansu(tmp_path)  # a fresh broker per example: no topic leaks between examples
     broker.start()
+    prefix = f"h{uuid.uuid4().hex[:8]}"  # and fresh RabbitMQ names
+    settings = Settings(transport=transport, kafka_bootstrap=broker.bootstrap,
+                        kafka_idempotence=False, redis_url=falkordb.url, group_prefix=prefix,
+                        rabbitmq_namespace=prefix, max_event_bytes=MAX_BYTES, batch_timeout_ms=50)
     try:
-        settings = Settings(kafka_bootstrap=broker.bootstrap, kafka_idempotence=False,
-                            redis_url=falkordb.url, group_prefix=f"h{uuid.uuid4().hex[:8]}",
-                            max_event_bytes=MAX_BYTES, batch_timeout_ms=50)
-        await ensure_topics(settings, all_topic_names(), 3)
+        await ensure_topics(settings, all_topic_names(), 3,
+                            {settings.group_id("echo"): ("documents.v1",)})
+        dlq_tap = Tap(settings, "documents.v1.dlq")
         messages, valid_ids, invalid = [], set(), 0
         for item in stream:
             if item[0] == "valid":
@@ -84,9 +89,9 @@ async def test_malformed_events_go_to_the_dlq_and_valid_ones_are_processed(
             async def done() -> bool:
                 return int(redis_client.get(f"{prefix}:effects") or 0) == len(valid_ids)
             await eventually(done, 60, message="all valid events processed")
-            dead = await read_topic(settings, "documents.v1.dlq", timeout=1.0)
+            dead = await dlq_tap.read(timeout=1.0)
             while len(dead) < invalid:
-                dead = await read_topic(settings, "documents.v1.dlq", timeout=1.0)
+                dead = await dlq_tap.read(timeout=1.0)
         assert set(redis_client.hkeys(f"{prefix}:ledger")) == {i.encode() for i in valid_ids}
         assert len(dead) == invalid
         for record in dead:
@@ -94,7 +99,10 @@ async def test_malformed_events_go_to_the_dlq_and_valid_ones_are_processed(
             assert headers["x-error-reason"] and headers["x-error-message"]
             assert headers["x-stage"] == b"decode"
     finally:
-        broker.stop()
+        broker.process.kill()
+        broker.process.wait()
+        if transport == "rabbitmq":
+            delete_rabbitmq_namespace(settings, prefix + ".")
 
 
 class FlakyUntilFixed(EchoWorker):

@@ -6,6 +6,7 @@ Workers are imported lazily by name, so a process loads only the models its work
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 from ragstream.runtime import Worker
 
@@ -24,3 +25,8 @@ def load(name: str) -> type[Worker]:
     except KeyError:
         raise KeyError(f"unknown worker {name!r}; known: {sorted(REGISTRY)}") from None
     return getattr(importlib.import_module(module), attr)
+
+
+def consumer_groups(names: list[str], group_id: Callable[[str], str]) -> dict[str, tuple[str, ...]]:
+    """Each named worker's consumer group and the topics it reads."""
+    return {group_id(name): load(name).consumes for name in names}

@@ -1,0 +1,327 @@
+"""RabbitMQ through kombu: the same workers, with no change to their code.
+
+Topology, under a namespace (``rabbitmq_namespace``, default ``ragstream``): a durable topic
+exchange per topic family (``ragstream.documents`` carries ``documents.v1`` and
+``documents.v1.dlq`` as routing keys); each consumer group reads a durable quorum queue per topic
+(``<group>.<topic>``); dead letters wait in ``ragstream.documents.v1.dlq``. How it maps onto the runtime's Kafka-shaped view:
+
+- a queue is one "partition" (0) of its topic; the channel's delivery tags are the offsets;
+- commit acks the delivered tags below the committed offset, after the sinks flushed;
+- seek rewinds by nacking the unacked tags from that offset on, with requeue; pause cancels the
+  queue's consumer, so the broker stops delivering until resume (never a redelivery spin);
+- prefetch matches the batch size; publishing waits for publisher confirms;
+- a message delivered ``rabbitmq_delivery_limit`` times (one that kills its worker each time)
+  goes to the DLX, the topic's ``.dlq`` routing key, with RabbitMQ's own ``x-death`` header.
+
+kombu is synchronous and a connection is not thread-safe, so each connection lives on its own
+I/O thread; the event loop talks to it through a command queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import kombu
+
+from ragstream.config import Settings
+from ragstream.transport.base import OutMessage, RebalanceCallback, Record, TopicPartition
+from schemas.catalogue import DLQ_SUFFIX
+
+log = logging.getLogger(__name__)
+
+KEY_HEADER = "ragstream-key"
+
+
+def _exchange(settings: Settings, topic: str) -> kombu.Exchange:
+    family = topic.split(".", 1)[0]
+    return kombu.Exchange(f"{settings.rabbitmq_namespace}.{family}", type="topic", durable=True)
+
+
+def dead_letter_queue(settings: Settings, topic: str) -> kombu.Queue:
+    dlq = topic if topic.endswith(DLQ_SUFFIX) else topic + DLQ_SUFFIX
+    return kombu.Queue(f"{settings.rabbitmq_namespace}.{dlq}", _exchange(settings, dlq),
+                       routing_key=dlq, durable=True, queue_arguments={"x-queue-type": "quorum"})
+
+
+def consumer_queue(settings: Settings, group_id: str, topic: str) -> kombu.Queue:
+    exchange = _exchange(settings, topic)
+    args: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": exchange.name,
+        "x-dead-letter-routing-key": topic + DLQ_SUFFIX,
+        "x-delivery-limit": settings.rabbitmq_delivery_limit,
+    }
+    if settings.rabbitmq_single_active_consumer:
+        args["x-single-active-consumer"] = True
+    return kombu.Queue(f"{group_id}.{topic}", exchange, routing_key=topic, durable=True,
+                       queue_arguments=args)
+
+
+def _connection(settings: Settings) -> kombu.Connection:
+    return kombu.Connection(settings.rabbitmq_url.get_secret_value(), heartbeat=30,
+                            transport_options={"confirm_publish": True})
+
+
+def _amqp_headers(message: OutMessage) -> dict[str, str]:
+    # latin-1 maps every byte to one character and back: header bytes survive unchanged
+    headers = {k: v.decode("latin-1") for k, v in message.headers}
+    if message.key is not None:
+        headers[KEY_HEADER] = message.key.decode("latin-1")
+    return headers
+
+
+def _record(message: Any, topic: str) -> Record:
+    raw = dict(message.headers or {})
+    key = raw.pop(KEY_HEADER, None)
+    headers = [(k, v if isinstance(v, bytes) else
+                 v.encode("latin-1") if isinstance(v, str) else str(v).encode())
+               for k, v in raw.items()]
+    return Record(topic, 0, message.delivery_tag, key.encode("latin-1") if key else None,
+                  message.body, headers)
+
+
+class _IOThread:
+    """Owns one kombu connection; runs submitted callables on it, between event drains."""
+
+    def __init__(self, name: str, connect: Callable[[], kombu.Connection]):
+        self._connect = connect
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.connection: kombu.Connection | None = None
+        self._ready = concurrent.futures.Future()
+
+    async def start(self) -> None:
+        self._thread.start()
+        await asyncio.wrap_future(self._ready)
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._commands.put((fn, future))
+        return future
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.wrap_future(self.call(fn))
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        try:
+            self.connection = self._connect()
+            self.connection.connect()
+        except Exception as exc:
+            self._ready.set_exception(exc)
+            return
+        self._ready.set_result(None)
+        try:
+            while not self._stopping.is_set():
+                self._run_commands()
+                try:
+                    self.connection.drain_events(timeout=0.02)
+                except (socket.timeout, TimeoutError):
+                    pass
+            self._run_commands()
+        finally:
+            self.connection.release()
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                fn, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(fn())
+            except Exception as exc:
+                future.set_exception(exc)
+
+
+class RabbitConsumer:
+    def __init__(self, settings: Settings, topics: Sequence[str], group_id: str,
+                 on_revoked: RebalanceCallback, on_assigned: RebalanceCallback):
+        self._settings = settings
+        self._queues = {t: consumer_queue(settings, group_id, t) for t in topics}
+        self._on_revoked, self._on_assigned = on_revoked, on_assigned
+        self._io = _IOThread(f"rabbit-consumer-{group_id}", lambda: _connection(settings))
+        self._buffer: asyncio.Queue[Record] = asyncio.Queue()
+        # delivered tags not yet handed to the runtime, and handed but not yet acked
+        self._buffered: dict[TopicPartition, set[int]] = {tp: set() for tp in self.assignment()}
+        self._inflight: dict[TopicPartition, set[int]] = {tp: set() for tp in self.assignment()}
+        self._consumers: dict[str, kombu.Consumer] = {}
+        self._ready_counts: dict[str, int] = {}
+        self._last_handed: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
+        self._arrived = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._io.start()
+        await self._io.run(self._declare_and_consume)
+        await self._on_assigned(self.assignment())
+
+    def _declare_and_consume(self) -> None:
+        channel = self._io.connection.default_channel
+        channel.basic_qos(0, self._settings.batch_max_records, False)
+        for topic in self._queues:
+            dead_letter_queue(self._settings, topic).bind(channel).declare()
+            self._consume(topic)
+
+    def _consume(self, topic: str) -> None:
+        def deliver(message: Any) -> None:  # on the I/O thread
+            self._loop.call_soon_threadsafe(self._delivered, _record(message, topic))
+
+        consumer = kombu.Consumer(self._io.connection.default_channel, [self._queues[topic]],
+                                  on_message=deliver, no_ack=False, auto_declare=True)
+        consumer.consume()
+        self._consumers[topic] = consumer
+
+    def _delivered(self, record: Record) -> None:
+        self._buffered[record.tp].add(record.offset)
+        self._buffer.put_nowait(record)
+        self._arrived.set()
+
+    async def stop(self) -> None:
+        await self._on_revoked(self.assignment())
+        self._io.stop()  # closing the channel returns every unacked delivery to its queue
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> list[Record]:
+        out: list[Record] = []
+        deadline = self._loop.time() + timeout_ms / 1000
+        while len(out) < max_records:
+            if self._buffer.empty():
+                if out or self._loop.time() >= deadline:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), deadline - self._loop.time())
+                except TimeoutError:
+                    break
+                continue
+            record = self._buffer.get_nowait()
+            tags = self._buffered[record.tp]
+            if record.offset in tags:  # else it was handed back by seek or pause
+                tags.discard(record.offset)
+                self._inflight[record.tp].add(record.offset)
+                self._last_handed[record.tp] = record.offset
+                out.append(record)
+        return out
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(t, 0) for t in self._queues}
+
+    def pause(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            if tp in self._paused:
+                continue
+            self._paused.add(tp)
+            self._io.call(lambda topic=tp.topic: self._consumers.pop(topic).cancel())
+            self._hand_back(tp, self._buffered[tp])
+
+    def resume(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            if tp in self._paused:
+                self._paused.discard(tp)
+                self._io.call(lambda topic=tp.topic: self._consume(topic))
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Hand back everything delivered from ``offset`` on; the broker redelivers it."""
+        self._hand_back(tp, {t for t in self._buffered[tp] | self._inflight[tp] if t >= offset})
+
+    def _hand_back(self, tp: TopicPartition, tags: set[int]) -> None:
+        tags = set(tags)
+        self._buffered[tp] -= tags
+        self._inflight[tp] -= tags
+
+        def reject() -> None:
+            channel = self._io.connection.default_channel
+            for tag in sorted(tags):
+                channel.basic_reject(tag, requeue=True)
+        self._io.call(reject)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        acked = []
+        for tp, offset in offsets.items():
+            done = {t for t in self._inflight[tp] if t < offset}
+            self._inflight[tp] -= done
+            acked += sorted(done)
+
+        def ack() -> None:
+            channel = self._io.connection.default_channel
+            for tag in acked:
+                channel.basic_ack(tag)
+        await self._io.run(ack)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The last tag handed out plus what waits in the queue (refreshed in the background)."""
+        self._io.call(lambda: self._count_ready(tp.topic))
+        ready = self._ready_counts.get(tp.topic)
+        handed = self._last_handed.get(tp)
+        return None if ready is None or handed is None else handed + 1 + ready
+
+    def _count_ready(self, topic: str) -> None:
+        channel = self._io.connection.default_channel
+        _, ready, _ = channel.queue_declare(self._queues[topic].name, passive=True)
+        self._ready_counts[topic] = ready
+
+
+class RabbitProducer:
+    """Publishes persistent messages and waits for the broker's confirm of each one."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._io = _IOThread("rabbit-producer", lambda: _connection(settings))
+        self._declared: set[str] = set()
+
+    async def start(self) -> None:
+        await self._io.start()
+
+    async def stop(self) -> None:
+        self._io.stop()
+
+    async def send_all(self, messages: Sequence[OutMessage]) -> None:
+        if messages:
+            await self._io.run(lambda: self._publish(messages))
+
+    def _publish(self, messages: Sequence[OutMessage]) -> None:
+        producer = kombu.Producer(self._io.connection.default_channel)
+        for m in messages:
+            exchange = _exchange(self._settings, m.topic)
+            if exchange.name not in self._declared:
+                exchange.declare(channel=producer.channel)
+                self._declared.add(exchange.name)
+            producer.publish(m.value, exchange=exchange, routing_key=m.topic,
+                             headers=_amqp_headers(m), delivery_mode=2,
+                             content_type="application/json", content_encoding="binary",
+                             mandatory=False)
+
+
+async def ensure_topics(settings: Settings, names: Sequence[str],
+                        groups: Mapping[str, Sequence[str]]) -> None:
+    """Declare every topic's exchange, each dead-letter queue and each group's queues."""
+    with _connection(settings) as conn:
+        channel = conn.default_channel
+        for name in names:
+            _exchange(settings, name).declare(channel=channel)
+            if name.endswith(DLQ_SUFFIX):
+                dead_letter_queue(settings, name).bind(channel).declare()
+        for group_id, topics in groups.items():
+            for topic in topics:
+                consumer_queue(settings, group_id, topic).bind(channel).declare()
+
+
+def tap_queue(settings: Settings, topic: str, name: str) -> kombu.Queue:
+    """A queue that keeps everything published to ``topic`` from now on (for readers such as
+    ``ragstream tail`` and tests). RabbitMQ drops what no queue is bound to when it arrives."""
+    return kombu.Queue(f"{settings.rabbitmq_namespace}.tap.{name}.{topic}",
+                       _exchange(settings, topic), routing_key=topic, durable=True,
+                       queue_arguments={"x-queue-type": "quorum"})
