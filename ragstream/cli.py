@@ -318,5 +318,40 @@ def topics(
                                   consumer_groups(names, cfg.group_id)))
 
 
+@app.command()
+def gateway(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve the HTTP gateway (/v1). SIGHUP re-reads the API keys."""
+    import uvicorn
+
+    from producers.gateway.app import create_app
+
+    cfg = settings()
+    logs.configure(cfg.log_level)
+    uvicorn.run(create_app(cfg), host=host, port=port, log_config=None, access_log=False)
+
+
+apikey_app = typer.Typer(help="Gateway API keys.", no_args_is_help=True)
+app.add_typer(apikey_app, name="apikey")
+
+
+@apikey_app.command("new")
+def apikey_new(
+    key_id: Annotated[str, typer.Argument(metavar="ID")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: publish, search, infer, admin.")]
+    = "publish,search",
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 50.0,
+    burst: Annotated[int, typer.Option(help="Bucket size.")] = 100,
+) -> None:
+    """Make a key: the key is printed once to stderr; add the JSON entry (stdout) to the keys file."""
+    from producers.gateway.auth import new_key
+
+    key, entry = new_key(key_id, [s.strip() for s in scopes.split(",") if s.strip()], rate, burst)
+    console.print(f"API key for {key_id} (shown once): {key}")
+    print(entry.model_dump_json())
+
+
 def main() -> None:
     app()

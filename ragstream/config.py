@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(default=2_000, ge=100)
     drain_timeout_s: float = Field(default=30.0, gt=0)
 
+    # HTTP gateway. API keys: a JSON list of {"id", "sha256", "scopes", "rate_per_s", "burst"},
+    # from the file (re-read when it changes, or on SIGHUP) or inline; never the keys themselves.
+    api_keys_file: Path | None = None
+    api_keys: SecretStr | None = None
+    gateway_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    gateway_infer_timeout_s: float = Field(default=10.0, gt=0)
+
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: pick a free port
     log_level: str = "INFO"

@@ -19,17 +19,17 @@ ASYNCAPI = OUT / "asyncapi.json"
 JSONSCHEMA_DIR = OUT / "jsonschema"
 
 
-def _dump(obj: dict) -> str:
+def dump_json(obj: dict) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
 def json_schemas() -> dict[Path, str]:
-    files = {JSONSCHEMA_DIR / "envelope.json": _dump(Envelope.model_json_schema())}
+    files = {JSONSCHEMA_DIR / "envelope.json": dump_json(Envelope.model_json_schema())}
     for spec in TOPICS.values():
         for event_type, model in spec.events.items():
             schema = model.model_json_schema()
             schema["$id"] = f"ragstream:{spec.name}:{event_type}"
-            files[JSONSCHEMA_DIR / spec.name / f"{event_type}.json"] = _dump(schema)
+            files[JSONSCHEMA_DIR / spec.name / f"{event_type}.json"] = dump_json(schema)
     return files
 
 
@@ -92,7 +92,7 @@ def asyncapi() -> dict:
 
 def expected_files() -> dict[Path, str]:
     files = json_schemas()
-    files[ASYNCAPI] = _dump(asyncapi())
+    files[ASYNCAPI] = dump_json(asyncapi())
     return files
 
 
