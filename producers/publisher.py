@@ -28,10 +28,7 @@ def encode(envelope: Envelope, topic_name: str | None = None,
     value = envelope.model_dump_json(exclude_none=True).encode()
     if max_bytes is not None and len(value) > max_bytes:
         raise DecodeError("oversized", f"{len(value)} bytes is over the {max_bytes}-byte limit")
-    headers = [("ce_id", envelope.id.encode()), ("ce_type", envelope.type.encode())]
-    if envelope.traceparent:
-        headers.append(("traceparent", envelope.traceparent.encode()))
-    return OutMessage(name, envelope.subject.encode(), value, headers)
+    return OutMessage(name, envelope.subject.encode(), value, envelope.binding_headers())
 
 
 class Publisher:

@@ -10,8 +10,10 @@ every partition from the end (or the beginning) and commits nothing.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
 import aiokafka
 
@@ -50,3 +52,31 @@ async def subscribe(settings: Settings, topic_name: str, *, group: str | None = 
                 await consumer.commit()
     finally:
         await consumer.stop()
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a reader wants: by type, by subject glob, and by data fields' values."""
+
+    types: frozenset[str] = frozenset()
+    subject_glob: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, types: Sequence[str], subject_glob: str | None,
+              where: Sequence[str]) -> EventFilter:
+        fields = {}
+        for clause in where:
+            name, sep, value = clause.partition("=")
+            if not sep or not name:
+                raise ValueError(f"--where takes field=value, not {clause!r}")
+            fields[name] = value
+        return cls(frozenset(types), subject_glob, fields)
+
+    def matches(self, envelope: Envelope) -> bool:
+        if self.types and envelope.type not in self.types:
+            return False
+        if self.subject_glob and not fnmatch.fnmatchcase(envelope.subject, self.subject_glob):
+            return False
+        data = envelope.data.model_dump(mode="json")
+        return all(str(data.get(name)) == value for name, value in self.fields.items())

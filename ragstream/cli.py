@@ -259,15 +259,24 @@ def tail(
     topic_name: Annotated[str, typer.Argument(metavar="TOPIC")],
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest event.")] = False,
     limit: Annotated[int, typer.Option(help="Stop after this many events (0: never).")] = 0,
+    event_type: Annotated[list[str] | None, typer.Option(
+        "--type", help="Only these event types (repeatable).")] = None,
+    subject: Annotated[str | None, typer.Option(
+        help="Only subjects matching this glob, e.g. 'reuters-1*'.")] = None,
+    where: Annotated[list[str] | None, typer.Option(
+        help="Only events whose data field equals a value: field=value (repeatable).")] = None,
 ) -> None:
     """Print a topic's events as JSON lines, for downstream consumers and debugging."""
-    from producers.subscribe import subscribe
+    from producers.subscribe import EventFilter, subscribe
 
     cfg = settings()
+    wanted = EventFilter.parse(event_type or [], subject, where or [])
 
     async def run() -> None:
         n = 0
         async for envelope, record in subscribe(cfg, topic_name, from_beginning=from_beginning):
+            if not wanted.matches(envelope):
+                continue
             print(json.dumps({"partition": record.partition, "offset": record.offset,
                               "event": envelope.model_dump(mode="json")}), flush=True)
             n += 1

@@ -340,7 +340,7 @@ class WorkerRuntime:
             batches = await self._process_isolating(events, dead) if events else []
             emitted = [(t, env) for b in batches for t, env in b.emitted]
             messages = [OutMessage(t, env.subject.encode(), env.model_dump_json().encode(),
-                                   _trace_headers(env)) for t, env in emitted]
+                                   env.binding_headers()) for t, env in emitted]
             for b in batches:
                 dead.extend(DeadLetter(x.event.record, "Rejected", x.reason, x.message, "process", 1)
                             for x in b.rejected)
@@ -474,13 +474,6 @@ class WorkerRuntime:
                 continue
             self.metrics.lag.labels(self.worker.name, tp.topic, str(tp.partition)).set(
                 max(high - state.next_offset, 0))
-
-
-def _trace_headers(envelope: Envelope) -> list[tuple[str, bytes]]:
-    headers = [("ce_id", envelope.id.encode()), ("ce_type", envelope.type.encode())]
-    if envelope.traceparent:
-        headers.append(("traceparent", envelope.traceparent.encode()))
-    return headers
 
 
 def _count(items: Iterable[str]) -> dict[str, int]:

@@ -48,3 +48,10 @@ class Envelope(BaseModel):
     @property
     def trace_id(self) -> str | None:
         return self.traceparent.split("-")[1] if self.traceparent else None
+
+    def binding_headers(self) -> list[tuple[str, bytes]]:
+        """CloudEvents Kafka-binding headers: readers route and trace without parsing the body."""
+        headers = [("ce_id", self.id.encode()), ("ce_type", self.type.encode())]
+        if self.traceparent:
+            headers.append(("traceparent", self.traceparent.encode()))
+        return headers

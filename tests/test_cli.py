@@ -93,3 +93,20 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_tail_filters_by_type_subject_and_field(env, settings, topics):
+    from producers.events import document_deleted
+    from producers.publisher import Publisher
+
+    async with Publisher(settings) as pub:
+        await pub.publish([document_upserted("news-1", "a", version=1),
+                           document_upserted("news-2", "b", version=3),
+                           document_upserted("blog-1", "c", version=3),
+                           document_deleted("news-3", version=4)])
+    result = ragstream("tail", "documents.v1", "--from-beginning", "--limit", "1",
+                       "--type", "ragstream.document.upserted", "--subject", "news-*",
+                       "--where", "version=3", env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert json.loads(line)["event"]["subject"] == "news-2"
