@@ -3,9 +3,11 @@
     async for envelope, record in subscribe(settings, "kg.changes.v1", group="my-service"):
         ...
 
-Envelopes are typed: ``envelope.data`` is the topic's payload model. With a group, offsets are committed after the events of a fetched batch were all handed out and
-the next batch is asked for: at-least-once, so dedupe on ``envelope.id``. Without a group it reads
-every partition from the end (or the beginning) and commits nothing.
+Envelopes are typed: ``envelope.data`` is the topic's payload model. With a group, what a batch
+handed out is committed when the next batch is asked for: at-least-once, so dedupe on
+``envelope.id``. On Kafka, without a group, it reads every partition from the end (or the
+beginning) and commits nothing. On RabbitMQ a group is required: a durable queue per group keeps
+the events while the subscriber is away, and only what arrives after the queue exists.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 import aiokafka
 
 from ragstream.config import Settings
-from ragstream.transport.base import Record
+from ragstream.transport.base import Record, TopicPartition
 from ragstream.transport.kafka import connection_options
 from schemas.catalogue import DecodeError, decode, topic
 from schemas.envelope import Envelope
@@ -29,6 +31,25 @@ log = logging.getLogger(__name__)
 async def subscribe(settings: Settings, topic_name: str, *, group: str | None = None,
                     from_beginning: bool = False) -> AsyncIterator[tuple[Envelope, Record]]:
     spec = topic(topic_name)
+    async for record in _records(settings, topic_name, group, from_beginning):
+        try:
+            envelope = decode(spec, record.value, settings.max_event_bytes)
+        except DecodeError as exc:
+            log.warning("skipping undecodable event", extra={
+                "topic": record.topic, "offset": record.offset, "reason": exc.reason})
+            continue
+        yield envelope, record
+
+
+async def _records(settings: Settings, topic_name: str, group: str | None,
+                   from_beginning: bool) -> AsyncIterator[Record]:
+    if settings.transport == "rabbitmq":
+        if group is None:
+            raise ValueError("on RabbitMQ a subscriber needs a group: only a bound queue keeps "
+                             "events for it")
+        async for record in _rabbitmq_records(settings, topic_name, group):
+            yield record
+        return
     consumer = aiokafka.AIOKafkaConsumer(
         topic_name, **connection_options(settings), group_id=group, enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
@@ -39,17 +60,30 @@ async def subscribe(settings: Settings, topic_name: str, *, group: str | None = 
             batches = await consumer.getmany(timeout_ms=500)
             for msgs in batches.values():
                 for m in msgs:
-                    record = Record(m.topic, m.partition, m.offset, m.key, m.value or b"",
-                                    list(m.headers or ()), m.timestamp)
-                    try:
-                        envelope = decode(spec, record.value, settings.max_event_bytes)
-                    except DecodeError as exc:
-                        log.warning("skipping undecodable event", extra={
-                            "topic": m.topic, "offset": m.offset, "reason": exc.reason})
-                        continue
-                    yield envelope, record
+                    yield Record(m.topic, m.partition, m.offset, m.key, m.value or b"",
+                                 list(m.headers or ()), m.timestamp)
             if group is not None and batches:
                 await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+async def _rabbitmq_records(settings: Settings, topic_name: str,
+                            group: str) -> AsyncIterator[Record]:
+    from ragstream.transport.rabbitmq import RabbitConsumer
+
+    async def nothing(_: set[TopicPartition]) -> None:
+        return None
+
+    consumer = RabbitConsumer(settings, [topic_name], group, nothing, nothing)
+    await consumer.start()
+    try:
+        while True:
+            records = await consumer.getmany(500, settings.batch_max_records)
+            for record in records:
+                yield record
+            if records:
+                await consumer.commit({records[0].tp: records[-1].offset + 1})
     finally:
         await consumer.stop()
 

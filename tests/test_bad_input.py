@@ -84,15 +84,15 @@ async def test_malformed_events_go_to_the_dlq_and_valid_ones_are_processed(
         async with Publisher(settings) as pub:
             await pub.send_raw(messages)
 
-        prefix = f"{settings.group_prefix}:echo"
+        ledger = f"{settings.group_prefix}:echo"
         async with running(EchoWorker(), settings):
             async def done() -> bool:
-                return int(redis_client.get(f"{prefix}:effects") or 0) == len(valid_ids)
+                return int(redis_client.get(f"{ledger}:effects") or 0) == len(valid_ids)
             await eventually(done, 60, message="all valid events processed")
             dead = await dlq_tap.read(timeout=1.0)
             while len(dead) < invalid:
                 dead = await dlq_tap.read(timeout=1.0)
-        assert set(redis_client.hkeys(f"{prefix}:ledger")) == {i.encode() for i in valid_ids}
+        assert set(redis_client.hkeys(f"{ledger}:ledger")) == {i.encode() for i in valid_ids}
         assert len(dead) == invalid
         for record in dead:
             headers = dict(record.headers)

@@ -56,3 +56,30 @@ def _get(url: str) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
+
+
+async def test_a_downstream_subscriber_gets_typed_events_on_both_transports(
+        transport_settings, transport_topics):
+    from producers.subscribe import subscribe
+    from schemas.payloads import DocumentUpserted
+
+    settings = transport_settings
+    group = f"{settings.group_prefix}.svc"  # inside the test's namespace, so cleanup finds it
+    if settings.transport == "rabbitmq":  # RabbitMQ keeps events only for existing queues
+        from ragstream.transport import ensure_topics
+        from schemas.catalogue import all_topic_names
+
+        await ensure_topics(settings, all_topic_names(), 1, {group: ("documents.v1",)})
+    envelopes = [document_upserted(f"doc-{i}", f"text {i}", version=i) for i in range(5)]
+    async with Publisher(settings) as pub:
+        await pub.publish(envelopes)
+    seen = []
+    stream = subscribe(settings, "documents.v1", group=group, from_beginning=True)
+    async with asyncio.timeout(30):
+        async for envelope, _ in stream:
+            assert isinstance(envelope.data, DocumentUpserted)
+            seen.append(envelope.id)
+            if len(seen) == 5:
+                break
+    await stream.aclose()
+    assert sorted(seen) == sorted(e.id for e in envelopes)
