@@ -12,6 +12,7 @@ the events while the subscriber is away, and only what arrives after the queue e
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -31,14 +32,16 @@ log = logging.getLogger(__name__)
 async def subscribe(settings: Settings, topic_name: str, *, group: str | None = None,
                     from_beginning: bool = False) -> AsyncIterator[tuple[Envelope, Record]]:
     spec = topic(topic_name)
-    async for record in _records(settings, topic_name, group, from_beginning):
-        try:
-            envelope = decode(spec, record.value, settings.max_event_bytes)
-        except DecodeError as exc:
-            log.warning("skipping undecodable event", extra={
-                "topic": record.topic, "offset": record.offset, "reason": exc.reason})
-            continue
-        yield envelope, record
+    # aclosing: closing this stream must close the consumer too, not leave it to the GC
+    async with contextlib.aclosing(_records(settings, topic_name, group, from_beginning)) as rs:
+        async for record in rs:
+            try:
+                envelope = decode(spec, record.value, settings.max_event_bytes)
+            except DecodeError as exc:
+                log.warning("skipping undecodable event", extra={
+                    "topic": record.topic, "offset": record.offset, "reason": exc.reason})
+                continue
+            yield envelope, record
 
 
 async def _records(settings: Settings, topic_name: str, group: str | None,

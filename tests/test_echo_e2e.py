@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+
+import pytest
 import urllib.error
 import urllib.request
 
@@ -83,3 +85,32 @@ async def test_a_downstream_subscriber_gets_typed_events_on_both_transports(
                 break
     await stream.aclose()
     assert sorted(seen) == sorted(e.id for e in envelopes)
+
+
+async def test_a_worker_whose_rabbitmq_queue_vanishes_fails_loudly(env, topics, redis_client):
+    """A dead connection must stop the worker (its supervisor restarts it), never hang it."""
+    import kombu
+
+    from ragstream.config import Settings
+    from tests.helpers import delete_rabbitmq_namespace
+
+    prefix = env["RAGSTREAM_GROUP_PREFIX"]
+    settings = Settings(transport="rabbitmq", rabbitmq_namespace=prefix, group_prefix=prefix,
+                        redis_url=env["RAGSTREAM_REDIS_URL"], batch_timeout_ms=50)
+    from ragstream.runner import make_runtime
+
+    runtime = make_runtime(EchoWorker(), settings)
+    task = asyncio.create_task(runtime.run())
+    try:
+        await eventually(lambda: _is_ready(runtime), 30, message="worker ready")
+        with kombu.Connection(settings.rabbitmq_url.get_secret_value()) as conn:
+            conn.default_channel.queue_delete(f"{prefix}.echo.documents.v1")
+        with pytest.raises(ConnectionError, match="RabbitMQ connection lost"):
+            await asyncio.wait_for(task, 30)
+    finally:
+        task.cancel()
+        delete_rabbitmq_namespace(settings, prefix + ".")
+
+
+async def _is_ready(runtime) -> bool:
+    return runtime._ready

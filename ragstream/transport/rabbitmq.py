@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import socket
@@ -96,6 +97,7 @@ class _IOThread:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.connection: kombu.Connection | None = None
+        self.error: BaseException | None = None  # why the thread died, for the event loop
         self._ready = concurrent.futures.Future()
 
     async def start(self) -> None:
@@ -103,6 +105,7 @@ class _IOThread:
         await asyncio.wrap_future(self._ready)
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        self.check()
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._commands.put((fn, future))
         return future
@@ -130,8 +133,26 @@ class _IOThread:
                 except (socket.timeout, TimeoutError):
                     pass
             self._run_commands()
+        except Exception as exc:  # connection lost, consumer cancelled by the broker, ...
+            self.error = exc
+            log.error("RabbitMQ I/O thread stopped", extra={"error": repr(exc)[:500]})
+            self._fail_pending(exc)
         finally:
-            self.connection.release()
+            with contextlib.suppress(Exception):
+                self.connection.release()
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while True:
+            try:
+                _, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            future.set_exception(ConnectionError(f"RabbitMQ connection lost: {exc!r}"))
+
+    def check(self) -> None:
+        """Raise in the caller if the I/O thread has died: better a restart than a silent hang."""
+        if self.error is not None:
+            raise ConnectionError(f"RabbitMQ connection lost: {self.error!r}") from self.error
 
     def _run_commands(self) -> None:
         while True:
@@ -195,6 +216,7 @@ class RabbitConsumer:
         self._io.stop()  # closing the channel returns every unacked delivery to its queue
 
     async def getmany(self, timeout_ms: int, max_records: int) -> list[Record]:
+        self._io.check()
         out: list[Record] = []
         deadline = self._loop.time() + timeout_ms / 1000
         while len(out) < max_records:
