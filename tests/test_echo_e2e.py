@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-
-import pytest
 import urllib.error
 import urllib.request
+
+import pytest
 
 from producers.events import document_upserted
 from producers.publisher import Publisher
