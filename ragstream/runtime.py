@@ -165,6 +165,9 @@ class Worker(ABC):
     name: ClassVar[str]
     consumes: ClassVar[tuple[str, ...]]
     emits: ClassVar[tuple[str, ...]] = ()
+    # A slow worker (one that embeds, say) takes smaller batches, so one batch cannot outlast
+    # the group's patience (max.poll.interval) and get the worker evicted mid-batch.
+    max_batch_records: ClassVar[int | None] = None
 
     sinks: dict[str, Sink]
 
@@ -256,7 +259,8 @@ class WorkerRuntime:
         self._ready = False
         self._consecutive_backpressure = 0
         self._last_lag_update = 0.0
-        self._labels = {t: (self.worker.name, t) for t in self.worker.consumes}
+        self._batch_max = min(self.settings.batch_max_records,
+                              self.worker.max_batch_records or self.settings.batch_max_records)
         self.health = HealthServer(self.metrics, lambda: self._ready, lambda: self._alive,
                                    self.settings.metrics_host, self.settings.metrics_port)
         self.consumer = self.consumer_factory(
@@ -285,7 +289,7 @@ class WorkerRuntime:
             while not self._stopping.is_set():
                 self._resume_due_partitions()
                 records = await self.consumer.getmany(self.settings.batch_timeout_ms,
-                                                      self.settings.batch_max_records)
+                                                      self._batch_max)
                 if records:
                     self._idle.clear()
                     try:

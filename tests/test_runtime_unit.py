@@ -213,3 +213,20 @@ async def test_for_each_key_keeps_order_per_key_and_bounds_concurrency():
     await for_each_key(events, handle, limit=2)
     assert seen == {f"k{i}": [0, 1, 2, 3] for i in range(3)}
     assert peak == 2
+
+
+async def test_a_worker_can_ask_for_smaller_batches():
+    class Small(Recorder):
+        max_batch_records = 3
+
+        async def process(self, batch: Batch) -> None:
+            self.sizes.append(len(batch.events))
+            await super().process(batch)
+
+    broker = MemoryBroker(partitions=1)
+    publish(broker, [document_upserted(f"d{i}", "t", version=1) for i in range(10)])
+    worker = Small()
+    worker.sizes = []
+    async with running(worker, memory_settings(), broker=broker):
+        await wait_committed(broker)
+    assert max(worker.sizes) == 3 and sum(worker.sizes) == 10
