@@ -18,7 +18,7 @@ from ragstream.config import Settings
 log = logging.getLogger(__name__)
 
 # Modules that register tasks; the Celery worker imports them at start.
-TASK_MODULES: list[str] = []
+TASK_MODULES: list[str] = ["ragstream.nlp.refresh", "ragstream.index.tasks"]
 
 
 def make_app(settings: Settings | None = None) -> Celery:

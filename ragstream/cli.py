@@ -327,6 +327,50 @@ def topics(
                                   consumer_groups(names, cfg.group_id)))
 
 
+# retrieval --------------------------------------------------------------------------------------
+
+
+@app.command()
+def search(
+    query: str,
+    k: Annotated[int, typer.Option("-k", help="How many results.")] = 10,
+    dense: Annotated[float, typer.Option(help="Fusion weight of the dense ranking.")] = 1.0,
+    sparse: Annotated[float, typer.Option(help="Fusion weight of the BM25 ranking.")] = 1.0,
+    per_document: Annotated[bool, typer.Option(help="Only each document's best chunk.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")]
+    = False,
+) -> None:
+    """Hybrid search of the live index: dense and BM25 fused with reciprocal rank fusion."""
+    from ragstream.index import FusionWeights
+    from ragstream.index import search as run_search
+
+    hits = run_search(settings(), query, k, FusionWeights(dense=dense, sparse=sparse),
+                      per_document)
+    if as_json:
+        for hit in hits:
+            print(json.dumps(hit.to_dict()), flush=True)
+        return
+    table = Table(title=f"{len(hits)} results for {query!r}")
+    for col in ("#", "score", "doc", "chunk", "dense", "bm25", "text"):
+        table.add_column(col)
+    for i, hit in enumerate(hits, start=1):
+        table.add_row(str(i), f"{hit.score:.4f}", hit.doc_id, hit.chunk_id,
+                      str(hit.dense_rank or "-"), str(hit.sparse_rank or "-"),
+                      " ".join(hit.text.split())[:120])
+    Console().print(table)
+
+
+@app.command()
+def reembed() -> None:
+    """Re-embed every document: bump the embedding cache namespace and re-send the latest
+    version of each live document from documents.v1."""
+    from producers.reembed import reembed as run_reembed
+
+    namespace, sent = asyncio.run(run_reembed(settings()))
+    console.print(f"embedding cache namespace {namespace}; re-sent {sent} documents")
+
+
+
 @app.command()
 def gateway(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(default=2_000, ge=100)
     drain_timeout_s: float = Field(default=30.0, gt=0)
 
+    # embedding and retrieval (MiniLM reads at most 256 word pieces, special tokens included)
+    chunk_tokens: int = Field(default=240, ge=32, le=254)
+    chunk_overlap_tokens: int = Field(default=48, ge=0)
+    max_chunks_per_document: int = Field(default=2_000, ge=1)
+    embed_batch_size: int = Field(default=64, ge=1)
+    embedding_cache_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+    search_candidates: int = Field(default=100, ge=1)
+    rrf_k: int = Field(default=60, ge=1)
+
     # HTTP gateway. API keys: a JSON list of {"id", "sha256", "scopes", "rate_per_s", "burst"},
     # from the file (re-read when it changes, or on SIGHUP) or inline; never the keys themselves.
     api_keys_file: Path | None = None

@@ -53,6 +53,8 @@ class ChunkEmbedded(Payload):
     model_id: str
     vector: list[float] | None = None
     vector_ref: str | None = None
+    # when the source document event happened: the index measures event-to-searchable from it
+    source_time: datetime | None = None
 
 
 class ChunksDeleted(Payload):
@@ -60,6 +62,7 @@ class ChunksDeleted(Payload):
     doc_version: int = Field(ge=0)
     chunk_ids: list[str] = Field(default_factory=list)
     all_chunks: bool = False
+    source_time: datetime | None = None
 
 
 # kg.changes.v1 --------------------------------------------------------------------------------

@@ -93,3 +93,11 @@ def redis_client(falkordb: FalkorDB) -> redis.Redis:
     client = redis.Redis(port=falkordb.port)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The offline MiniLM embedder, loaded once per session (loading takes ~10 s)."""
+    from ragstream.embedders import MiniLMEmbedder
+
+    return MiniLMEmbedder()

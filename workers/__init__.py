@@ -13,10 +13,13 @@ from ragstream.runtime import Worker
 REGISTRY: dict[str, str] = {
     "echo": "workers.echo:EchoWorker",
     "noop": "workers.noop:NoopWorker",
+    "entity_linking": "workers.entity_linking:EntityLinkingWorker",
+    "embedding": "workers.embedding:EmbeddingWorker",
+    "reindex": "workers.reindex:ReindexWorker",
 }
 
 # The workers `ragstream up` starts by default.
-DEFAULT_STACK: tuple[str, ...] = ("echo",)
+DEFAULT_STACK: tuple[str, ...] = ("echo", "entity_linking", "embedding", "reindex")
 
 
 def load(name: str) -> type[Worker]:

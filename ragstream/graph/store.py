@@ -1,0 +1,137 @@
+"""GraphStore: the knowledge graph's reads and writes, on either backend.
+
+    (:Document {id, version, deleted})-[:MENTIONS {count, spans}]->(:Entity {id, name, type, aliases})
+    (:Entity)-[:CO_OCCURS {weight}]->(:Entity)      weight = documents mentioning both
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ragstream.graph import cypher
+from ragstream.graph.backends import CypherBackend
+from ragstream.graph.model import DocState, DocumentChange, GazetteerEntry, LinkedEntity
+
+OrphanPolicy = Literal["keep", "prune"]
+
+
+class GraphConflict(Exception):
+    """A document changed between the read and the write (another writer): retry the batch."""
+
+
+@dataclass(frozen=True)
+class GraphCounts:
+    nodes: dict[str, int]
+    edges: dict[str, int]
+    edge_weights: dict[str, float]
+
+
+class GraphStore:
+    def __init__(self, backend: CypherBackend, orphans: OrphanPolicy = "keep"):
+        self.backend = backend
+        self.orphans = orphans
+
+    async def setup(self) -> None:
+        await self.backend.ensure_schema()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    # documents ----------------------------------------------------------------------------------
+
+    async def document_states(self, doc_ids: Iterable[str]) -> dict[str, DocState]:
+        rows = await self.backend.read(cypher.READ_DOCUMENTS, {"ids": sorted(set(doc_ids))})
+        return {doc: DocState(version, deleted, tuple(ents or ()), tuple(co or ()),
+                              tuple(prev or ()), tuple(prev_co or ()))
+                for doc, version, deleted, ents, co, prev, prev_co in rows}
+
+    async def apply(self, changes: list[DocumentChange]) -> None:
+        """Apply every change in one query; raise ``GraphConflict`` if any found its document
+        moved on since it was read (nothing of that row is written)."""
+        if not changes:
+            return
+        applied = {row[0] for row in await self.backend.write(
+            cypher.APPLY_DOCUMENTS, {"rows": [_row(c) for c in changes]})}
+        missed = [c.doc_id for c in changes if c.doc_id not in applied]
+        if missed:
+            raise GraphConflict(f"documents changed concurrently: {missed[:5]}")
+
+    async def tidy(self, pairs: Iterable[tuple[str, str]], entity_ids: Iterable[str]) -> None:
+        """Drop co-occurrence edges whose weight fell to zero and, by policy, entities no
+        document mentions any more. Idempotent: safe to run again after a crash."""
+        pair_rows = sorted({tuple(p) for p in pairs})
+        if pair_rows:
+            await self.backend.write(cypher.DROP_EMPTY_EDGES, {"pairs": [list(p) for p in pair_rows]})
+        ids = sorted(set(entity_ids))
+        if self.orphans == "prune" and ids:
+            await self.backend.write(cypher.PRUNE_ORPHANS, {"ids": ids})
+
+    # gazetteer ----------------------------------------------------------------------------------
+
+    async def gazetteer(self, min_docs: int, limit: int) -> list[GazetteerEntry]:
+        rows = await self.backend.read(cypher.READ_GAZETTEER,
+                                       {"min_docs": min_docs, "limit": limit})
+        return [GazetteerEntry(id_, name, type_, tuple(aliases or ()),
+                               tuple(vector) if vector is not None else None)
+                for id_, name, type_, aliases, vector in rows]
+
+    async def gazetteer_version(self) -> int:
+        rows = await self.backend.read(cypher.READ_GAZETTEER_VERSION, {})
+        return rows[0][0] if rows else 0
+
+    async def bump_gazetteer_version(self) -> int:
+        return (await self.backend.write(cypher.BUMP_GAZETTEER_VERSION, {}))[0][0]
+
+    async def entities_without_embedding(self, limit: int) -> list[tuple[str, str, str]]:
+        rows = await self.backend.read(cypher.ENTITIES_WITHOUT_EMBEDDING, {"limit": limit})
+        return [(id_, name, context or "") for id_, name, context in rows]
+
+    async def set_embeddings(self, vectors: dict[str, list[float]]) -> None:
+        await self.backend.write(self.backend.dialect.set_embeddings,
+                                 {"rows": [{"id": k, "vector": v} for k, v in vectors.items()]})
+
+    # inspection ---------------------------------------------------------------------------------
+
+    async def links(self, entity_id: str) -> list[dict[str, Any]]:
+        """How each document's mentions were linked to an entity: the merge audit trail."""
+        rows = await self.backend.read(cypher.READ_LINKS, {"id": entity_id})
+        return [{"doc": d, "surfaces": s, "method": m, "score": sc, "spans": sp}
+                for d, s, m, sc, sp in rows]
+
+    async def mentions(self, doc_ids: Iterable[str]) -> list[tuple[str, str, list[str]]]:
+        """(document, entity, spans) for every mention of the given documents."""
+        rows = await self.backend.read(cypher.READ_MENTIONS, {"ids": sorted(set(doc_ids))})
+        return [(d, e, list(spans)) for d, e, spans in rows]
+
+    async def counts(self) -> GraphCounts:
+        nodes = {label: n for label, n in await self.backend.read(cypher.COUNT_NODES, {})}
+        edges, weights = {}, {}
+        for rel, n, weight in await self.backend.read(cypher.COUNT_EDGES, {}):
+            edges[rel], weights[rel] = n, weight
+        return GraphCounts(nodes, edges, weights)
+
+    async def cooccurrence(self) -> list[tuple[str, str, int]]:
+        return [tuple(r) for r in await self.backend.read(cypher.READ_COOCCURRENCE, {})]
+
+
+def _row(change: DocumentChange) -> dict[str, Any]:
+    base = change.base
+    return {
+        "doc": change.doc_id,
+        "version": change.version,
+        "deleted": change.deleted,
+        "base_version": base.version if base else -1,
+        "base_deleted": base.deleted if base else False,
+        "entities": [_entity(e) for e in change.entities],
+        "cooccurring": list(change.cooccurring),
+        "old_pairs": [list(p) for p in change.old_pairs],
+        "new_pairs": [list(p) for p in change.new_pairs],
+    }
+
+
+def _entity(e: LinkedEntity) -> dict[str, Any]:
+    return {"id": e.id, "name": e.name, "type": e.type, "surfaces": list(e.surfaces),
+            "spans": [f"{s}:{t}" for s, t in e.spans], "count": e.count, "method": e.method,
+            "score": e.score, "context": e.context}

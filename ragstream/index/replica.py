@@ -1,0 +1,168 @@
+"""A reader's copy of the hybrid index: the newest snapshot plus the change log's tail.
+
+Any process that answers queries holds one. Before each query it reads the log entries written
+since its last look (one Redis round trip) and applies them, so a change is searchable as soon
+as the reindex worker has written it. When a compaction publishes a new snapshot, the replica
+loads it and catches it up before swapping it in whole: a query sees the old index or the new
+one, never a mix, and never a half-built one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from ragstream.config import Settings
+from ragstream.index import snapshots
+from ragstream.index.segments import DenseSegment, SparseSegment, chunk_key
+from ragstream.index.store import Change, ChunkRecord, Keys, format_id, parse_change, stream_id
+
+log = logging.getLogger(__name__)
+
+_LOG_PAGE = 5_000
+
+
+@dataclass
+class IndexState:
+    """One consistent index: a snapshot version with the log applied up to ``position``."""
+
+    version: int
+    position: tuple[int, int]
+    dense: DenseSegment
+    sparse: SparseSegment
+    workdir: Path
+    chunks: dict[str, ChunkRecord] = field(default_factory=dict)
+    by_key: dict[int, str] = field(default_factory=dict)
+
+    def apply(self, changes: list[Change]) -> None:
+        latest = {c.chunk_id: c for c in changes}  # a chunk's last change wins
+        upserts = [c for c in latest.values() if c.record is not None]
+        deletes = [c.chunk_id for c in latest.values() if c.record is None]
+        self.dense.delete(deletes)
+        self.sparse.delete(deletes)
+        if upserts:
+            self.dense.upsert([c.chunk_id for c in upserts], np.stack([c.vector for c in upserts]))
+            self.sparse.upsert([(c.chunk_id, c.record.text) for c in upserts])
+        self.sparse.commit()
+        for chunk_id in deletes:
+            self.chunks.pop(chunk_id, None)
+            self.by_key.pop(chunk_key(chunk_id), None)
+        for c in upserts:
+            self.chunks[c.chunk_id] = c.record
+            self.by_key[chunk_key(c.chunk_id)] = c.chunk_id
+
+    def close(self) -> None:
+        self.sparse.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class IndexReplica:
+    def __init__(self, settings: Settings):
+        self.root = snapshots.index_dir(settings.data_dir)
+        self._keys = Keys(settings.group_prefix)
+        self._redis = redis.Redis.from_url(settings.redis_url.get_secret_value(),
+                                           socket_timeout=10, socket_connect_timeout=5)
+        self._lock = threading.RLock()
+        self._state: IndexState | None = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._state is not None:
+                self._state.close()
+                self._state = None
+            self._redis.close()
+
+    def refresh(self) -> IndexState:
+        """The index as of now. Call it under ``lock`` and use the state while holding it."""
+        with self._lock:
+            live = snapshots.current(self.root)
+            floor = self._redis.get(self._keys.log_floor)
+            state = self._state
+            stale = state is None or (live is not None and live.version != state.version)
+            if state is not None and floor is not None and state.position < stream_id(floor):
+                stale = True  # entries this replica still needs were trimmed
+            if stale:
+                fresh = self._load_live(live)
+                self._catch_up(fresh)
+                self._state, old = fresh, state
+                if old is not None:
+                    old.close()
+            else:
+                self._catch_up(state)
+            return self._state
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    def _catch_up(self, state: IndexState) -> None:
+        while True:
+            entries = self._redis.xrange(self._keys.log, min=f"({format_id(state.position)}",
+                                         count=_LOG_PAGE)
+            if not entries:
+                return
+            state.apply([parse_change(fields) for _, fields in entries])
+            state.position = stream_id(entries[-1][0])
+            if len(entries) < _LOG_PAGE:
+                return
+
+    def _load_live(self, manifest: snapshots.Manifest | None) -> IndexState:
+        try:
+            return self._load(manifest)
+        except FileNotFoundError:  # a newer compaction removed it meanwhile: take the newest
+            return self._load(snapshots.current(self.root))
+
+    def _load(self, manifest: snapshots.Manifest | None) -> IndexState:
+        workdir = self._new_workdir()
+        try:
+            return self._load_into(manifest, workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+
+    def _load_into(self, manifest: snapshots.Manifest | None, workdir: Path) -> IndexState:
+        if manifest is None:
+            return IndexState(0, (0, 0), DenseSegment(), SparseSegment(workdir / "sparse"),
+                              workdir)
+        # the snapshot stays read-only: this replica updates its own copy of the sparse index
+        shutil.copytree(snapshots.sparse_path(self.root, manifest), workdir / "sparse",
+                        ignore=shutil.ignore_patterns("*.lock"))
+        dense_file = snapshots.dense_path(self.root, manifest)
+        dense = DenseSegment.load(dense_file) if dense_file.exists() else DenseSegment()
+        state = IndexState(manifest.version, stream_id(manifest.watermark), dense,
+                           SparseSegment(workdir / "sparse"), workdir)
+        for record in snapshots.read_chunks(self.root, manifest):
+            state.chunks[record.chunk_id] = record
+            state.by_key[chunk_key(record.chunk_id)] = record.chunk_id
+        log.info("index snapshot loaded", extra={"version": manifest.version,
+                                                 "chunks": manifest.chunks})
+        return state
+
+    def _new_workdir(self) -> Path:
+        replicas = self.root / "replicas"
+        replicas.mkdir(parents=True, exist_ok=True)
+        for stale in replicas.iterdir():  # copies left by readers that were killed
+            pid = stale.name.split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        workdir = replicas / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        workdir.mkdir()
+        return workdir
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

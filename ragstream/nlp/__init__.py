@@ -1,0 +1,1 @@
+"""Entity recognition and resolution for the knowledge graph."""

@@ -1,0 +1,209 @@
+"""GraphStore on a real FalkorDB: parameters only, atomic version checks, weights; and the thin
+Neo4j adapter's calls, checked against a recording driver (no Neo4j server can run here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragstream.config import Settings
+from ragstream.graph import GraphConflict, GraphStore, KgSettings, open_backend
+from ragstream.graph import cypher
+from ragstream.graph.backends import FalkorBackend, Neo4jBackend
+from ragstream.graph.dialect import NEO4J_CONSTRAINTS
+from ragstream.graph.model import DocumentChange, LinkedEntity, cooccurring
+from ragstream.runtime import SinkUnavailable
+from tests.kg_support import assert_consistent, graph  # noqa: F401  (fixture)
+
+HOSTILE = [
+    "x'}) DETACH DELETE n //",
+    'x"}) MATCH (n) DETACH DELETE n RETURN 1 //',
+    "`Entity` `; DROP",
+    "$rows $id {id: $x}",
+    "line one\nline two\r\n\ttab",
+    "back\\slash \\' \\\" end\\",
+    "Ünïcödé ☃ 北京 \u200b",
+    "CYPHER rows=1 MATCH (n) DELETE n",
+    "z" * 10_000,
+]
+
+
+def entity(id_: str, name: str, type_: str = "ORG", spans=((0, 1),)) -> LinkedEntity:
+    return LinkedEntity(id_, name, type_, (name,), tuple(spans))
+
+
+async def upsert(store: GraphStore, doc: str, version: int, entities: list[LinkedEntity]):
+    base = (await store.document_states([doc])).get(doc)
+    change = DocumentChange(doc, version, False, base, tuple(entities),
+                            cooccurring(tuple(entities), 50))
+    await store.apply([change])
+    await store.tidy(set(change.old_pairs) - set(change.new_pairs),
+                     set(base.entities if base else ()) - {e.id for e in entities})
+
+
+async def delete(store: GraphStore, doc: str, version: int):
+    base = (await store.document_states([doc])).get(doc)
+    change = DocumentChange(doc, version, True, base)
+    await store.apply([change])
+    await store.tidy(change.old_pairs, base.entities if base else ())
+
+
+async def test_hostile_names_are_stored_verbatim_and_delete_nothing(graph):
+    await upsert(graph, "sentinel", 1, [entity("keep-a", "Keep A"), entity("keep-b", "Keep B")])
+    hostile = [entity(f"h{i}", name) for i, name in enumerate(HOSTILE)]
+    await upsert(graph, "hostile-doc \n'}) //", 1, hostile)
+
+    rows = await graph.backend.read(
+        "MATCH (e:Entity) RETURN e.id, e.name, e.aliases ORDER BY e.id", {})
+    stored = {id_: (name, aliases) for id_, name, aliases in rows}
+    for i, name in enumerate(HOSTILE):
+        assert stored[f"h{i}"] == (name, [name])
+    assert {"keep-a", "keep-b"} <= stored.keys()
+    counts = await graph.counts()
+    assert counts.nodes == {"Document": 2, "Entity": 2 + len(HOSTILE)}
+    assert counts.edges["MENTIONS"] == 2 + len(HOSTILE)
+    # the hostile names round-trip as parameters of reads too
+    for i, name in enumerate(HOSTILE):
+        hit = await graph.backend.read("MATCH (e:Entity {name: $n}) RETURN e.id", {"n": name})
+        assert hit == [[f"h{i}"]]
+    await assert_consistent(graph)
+
+
+async def test_stale_base_is_a_conflict_and_writes_nothing(graph):
+    await upsert(graph, "d", 1, [entity("a", "A"), entity("b", "B")])
+    before = await graph.counts()
+    stale = DocumentChange("d", 2, False, None, (entity("c", "C"),), ("c",))
+    with pytest.raises(GraphConflict):
+        await graph.apply([stale])
+    assert await graph.counts() == before
+
+
+async def test_update_and_delete_move_weights(graph):
+    a, b, c = entity("a", "A"), entity("b", "B"), entity("c", "C")
+    await upsert(graph, "d1", 1, [a, b, c])
+    await upsert(graph, "d2", 1, [a, b])
+    assert await graph.cooccurrence() == [("a", "b", 2), ("a", "c", 1), ("b", "c", 1)]
+
+    await upsert(graph, "d1", 2, [a, c])  # d1 drops b
+    assert await graph.cooccurrence() == [("a", "b", 1), ("a", "c", 1)]
+    mentions = await graph.mentions(["d1"])
+    assert sorted(e for _, e, _ in mentions) == ["a", "c"]
+
+    await delete(graph, "d2", 2)
+    assert await graph.cooccurrence() == [("a", "c", 1)]
+    assert await graph.mentions(["d2"]) == []
+    states = await graph.document_states(["d2"])
+    assert (states["d2"].version, states["d2"].deleted) == (2, True)  # the tombstone stays
+    await assert_consistent(graph)
+
+
+async def test_orphans_are_kept_or_pruned_by_policy(graph):
+    await upsert(graph, "d", 1, [entity("a", "A"), entity("b", "B")])
+    await delete(graph, "d", 2)
+    assert (await graph.counts()).nodes["Entity"] == 2  # default policy: keep
+    graph.orphans = "prune"
+    await upsert(graph, "d", 3, [entity("a", "A")])
+    await delete(graph, "d", 4)
+    # pruning touches only what a change dropped: "a" goes, "b" (orphaned under "keep") stays
+    assert await graph.backend.read("MATCH (e:Entity) RETURN e.id", {}) == [["b"]]
+
+
+async def test_spans_and_link_audit_are_recorded(graph):
+    linked = LinkedEntity("p", "Steve Jobs", "PER", ("Jobs", "Steve Jobs"), ((0, 10), (20, 24)),
+                          method="coref")
+    await upsert(graph, "d", 1, [linked])
+    assert await graph.links("p") == [{"doc": "d", "surfaces": ["Jobs", "Steve Jobs"],
+                                       "method": "coref", "score": None,
+                                       "spans": ["0:10", "20:24"]}]
+
+
+def test_backend_follows_the_settings(falkordb):
+    falkor = open_backend(Settings(redis_url=falkordb.url, group_prefix="gp"), KgSettings())
+    assert isinstance(falkor, FalkorBackend) and falkor.graph_name == "gp.kg"
+    neo = open_backend(Settings(neo4j_uri="bolt://127.0.0.1:7687", neo4j_password="pw"),
+                       KgSettings())
+    assert isinstance(neo, Neo4jBackend)
+
+
+# Neo4j adapter: a recording driver stands in for the server ---------------------------------
+
+
+class RecordingDriver:
+    def __init__(self, fail: Exception | None = None):
+        self.calls: list[tuple[str, str, dict, str | None]] = []
+        self.fail = fail
+
+    def session(self, database=None):
+        return RecordingSession(self, database)
+
+    async def close(self):
+        pass
+
+
+class RecordingSession:
+    def __init__(self, driver: RecordingDriver, database: str | None):
+        self.driver, self.database, self.mode = driver, database, None
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    async def execute_write(self, work):
+        return await self._execute("write", work)
+
+    async def execute_read(self, work):
+        return await self._execute("read", work)
+
+    async def _execute(self, mode, work):
+        if self.driver.fail:
+            raise self.driver.fail
+        session = self
+
+        class Tx:
+            async def run(self, query, params):
+                session.driver.calls.append((mode, query, params, session.database))
+                return RecordingResult([["doc-1"]])
+
+        return await work(Tx())
+
+
+class RecordingResult:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __aiter__(self):
+        async def gen():
+            for row in self.rows:
+                yield type("Record", (), {"values": lambda self, r=row: r})()
+        return gen()
+
+
+async def test_neo4j_adapter_creates_constraints_and_passes_parameters_untouched():
+    driver = RecordingDriver()
+    store = GraphStore(Neo4jBackend("bolt://x", "neo4j", "pw", "kg", driver=driver))
+    await store.setup()
+    assert [q for _, q, _, _ in driver.calls] == list(NEO4J_CONSTRAINTS)
+
+    driver.calls.clear()
+    hostile = entity("e1", HOSTILE[0])
+    await store.apply([DocumentChange("doc-1", 1, False, None, (hostile,), ("e1",))])
+    mode, query, params, database = driver.calls[0]
+    assert (mode, query, database) == ("write", cypher.APPLY_DOCUMENTS, "kg")
+    row = params["rows"][0]
+    assert row["entities"][0]["name"] == HOSTILE[0] and row["base_version"] == -1
+    assert HOSTILE[0] not in query
+
+    driver.calls.clear()
+    await store.set_embeddings({"e1": [0.5, 0.25]})
+    assert "db.create.setNodeVectorProperty" in driver.calls[0][1]
+    assert driver.calls[0][2] == {"rows": [{"id": "e1", "vector": [0.5, 0.25]}]}
+
+
+async def test_neo4j_unreachable_is_backpressure():
+    import neo4j.exceptions
+
+    store = GraphStore(Neo4jBackend("bolt://x", "neo4j", "pw", driver=RecordingDriver(
+        fail=neo4j.exceptions.ServiceUnavailable("no route"))))
+    with pytest.raises(SinkUnavailable):
+        await store.document_states(["d"])

@@ -1,0 +1,89 @@
+"""The entity-linking worker end to end over real Tansu and FalkorDB."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from producers.events import document_deleted, document_upserted
+from producers.publisher import Publisher
+from ragstream.nlp.resolve import Resolver
+from schemas.catalogue import KG_CHANGED
+from tests.helpers import eventually, read_topic, running
+from tests.kg_support import (  # noqa: F401  (fixtures)
+    assert_consistent, graph, recogniser, snapshot, wait_for_versions,
+)
+from workers.entity_linking import EntityLinkingWorker
+
+TEXTS = {
+    "news-1": "Apple Inc. hired Tim Cook in Cupertino. Cook said Apple would buy Beats.",
+    "news-2": "Microsoft and Google competed in Seattle while Satya Nadella spoke to Reuters.",
+    "news-3": "Angela Merkel met Emmanuel Macron in Berlin to discuss the European Union.",
+}
+UPDATED = "Apple Inc. sued Samsung in London. Tim Cook flew to Seoul."
+
+
+def processed(runtime) -> float:
+    text = runtime.metrics.render().decode()
+    match = re.search(r'ragstream_events_processed_total\{topic="documents.v1",'
+                      r'worker="entity_linking"\} ([0-9.]+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+async def kg_changes(settings) -> list[dict]:
+    return [json.loads(r.value) for r in await read_topic(settings, "kg.changes.v1", timeout=1.5)]
+
+
+async def test_replays_and_older_versions_change_nothing(settings, topics, graph, recogniser):
+    first = [document_upserted(d, t, version=2) for d, t in TEXTS.items()]
+    async with Publisher(settings) as pub:
+        await pub.publish(first)
+    async with running(EntityLinkingWorker(recogniser=recogniser), settings) as runtime:
+        await wait_for_versions(graph, {d: (2, False) for d in TEXTS}, 60)
+        await eventually(lambda: _at_least(runtime, 3), 30, message="3 processed")
+        before = await snapshot(graph)
+        assert before["nodes"]["Entity"] >= 9
+        async with Publisher(settings) as pub:  # the same events again, then older versions
+            await pub.publish(first + [document_upserted(d, "Nokia in Espoo.", version=1)
+                                       for d in TEXTS] + [document_deleted("news-1", version=1)])
+        await eventually(lambda: _at_least(runtime, 10), 30, message="10 processed")
+        assert await snapshot(graph) == before
+    await assert_consistent(graph)
+
+    changes = await kg_changes(settings)
+    assert {c["type"] for c in changes} == {KG_CHANGED}
+    # one event per applied document; the replays re-publish the same ids, older ones nothing
+    assert len({c["id"] for c in changes}) == 3
+    assert {c["data"]["doc_id"] for c in changes} == set(TEXTS)
+
+
+async def _at_least(runtime, n: int) -> bool:
+    return processed(runtime) >= n
+
+
+async def test_update_and_delete_adjust_mentions_and_weights(settings, topics, graph, recogniser):
+    async with Publisher(settings) as pub:
+        await pub.publish([document_upserted(d, t, version=1) for d, t in TEXTS.items()])
+    async with running(EntityLinkingWorker(recogniser=recogniser), settings):
+        await wait_for_versions(graph, {d: (1, False) for d in TEXTS}, 60)
+        old_news1 = {e for _, e, _ in await graph.mentions(["news-1"])}
+        async with Publisher(settings) as pub:
+            await pub.publish([document_upserted("news-1", UPDATED, version=2),
+                               document_deleted("news-2", version=2)])
+        await wait_for_versions(graph, {"news-1": (2, False), "news-2": (2, True),
+                                        "news-3": (1, False)}, 60)
+
+    expected = Resolver().resolve(recogniser.recognise([UPDATED, TEXTS["news-3"]]))
+    assert {e for _, e, _ in await graph.mentions(["news-1"])} == {e.id for e in expected[0]}
+    assert await graph.mentions(["news-2"]) == []
+    mention_counts = await graph.backend.read(
+        "MATCH (:Document {id: 'news-1'})-[m:MENTIONS]->(e:Entity) RETURN e.id, m.count", {})
+    assert dict(map(tuple, mention_counts)) == {e.id: e.count for e in expected[0]}
+    await assert_consistent(graph)  # every weight equals the live documents' co-occurrences
+
+    changes = {(c["data"]["doc_id"], c["data"]["doc_version"]): c["data"]
+               for c in await kg_changes(settings)}
+    update = changes[("news-1", 2)]
+    new_ids = {e.id for e in expected[0]}
+    assert set(update["entities"]) == old_news1 | new_ids  # dropped entities are dirty too
+    assert changes[("news-2", 2)]["deleted"] is True

@@ -1,0 +1,160 @@
+"""Entity linking: keeps the knowledge graph current as documents arrive, change and disappear.
+
+    documents.v1 -> spaCy NER + gazetteer -> resolution -> GraphStore (one UNWIND query per batch)
+                 -> kg.changes.v1 (the entities and edges each document touched)
+
+Exactly once, in effect: the runtime flushes the graph, then publishes, then commits. Each write
+applies only over the document state it was computed from (checked inside the same query), so a
+replayed or older event changes nothing; a replay of an event that was applied before a crash
+re-publishes the same kg.changes event (same id) from what the Document node recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from ragstream.embedders import Embedder, MiniLMEmbedder
+from ragstream.graph import GraphStore, KgSettings, open_graph_store
+from ragstream.graph.model import DocState, DocumentChange, LinkedEntity, cooccurring, pairs
+from ragstream.nlp.gazetteer import Gazetteer
+from ragstream.nlp.recognise import Recogniser
+from ragstream.nlp.resolve import Resolver
+from ragstream.runtime import Batch, Event, Sink, Worker, WorkerContext
+from schemas.catalogue import DOCUMENT_DELETED, KG_CHANGED
+from schemas.payloads import DocumentUpserted, KgChanged
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class GraphWrite:
+    """A document's change (None on a replay), and what to tidy after it."""
+
+    change: DocumentChange | None
+    dropped_pairs: tuple[tuple[str, str], ...]
+    dropped_entities: tuple[str, ...]
+
+
+class GraphSink(Sink):
+    """One APPLY query for the whole batch, then the idempotent tidy-up (zero-weight edges,
+    orphans). The tidy-up also runs for replays, so a crash between the two heals itself."""
+
+    def __init__(self, store: GraphStore):
+        self.store = store
+
+    async def flush(self, items: list[GraphWrite]) -> None:
+        await self.store.apply([i.change for i in items if i.change is not None])
+        await self.store.tidy([p for i in items for p in i.dropped_pairs],
+                              [e for i in items for e in i.dropped_entities])
+
+
+def document_text(payload: DocumentUpserted) -> str:
+    """What the recogniser reads; MENTIONS spans are offsets into it."""
+    return f"{payload.title}\n\n{payload.text}" if payload.title else payload.text
+
+
+class EntityLinkingWorker(Worker):
+    name = "entity_linking"
+    consumes = ("documents.v1",)
+    emits = ("kg.changes.v1",)
+
+    def __init__(self, kg: KgSettings | None = None, recogniser: Recogniser | None = None):
+        """``recogniser``: an already loaded one to reuse (tests load spaCy once)."""
+        self.kg = kg or KgSettings()
+        self.recogniser = recogniser
+        self._embedder: Embedder | None = None
+
+    async def setup(self, ctx: WorkerContext) -> None:
+        self.store = await open_graph_store(ctx.settings, self.kg)
+        self.sinks = {"graph": GraphSink(self.store)}
+        if self.recogniser is None:
+            self.recogniser = await asyncio.to_thread(
+                Recogniser, self.kg.spacy_model, self.kg.nlp_batch_size)
+        self.recogniser.use_gazetteer([])
+        self.resolver = Resolver(Gazetteer(), self._embed, self.kg.link_threshold)
+        self._gazetteer_checked = 0.0
+        await self._refresh_gazetteer()
+
+    async def teardown(self) -> None:
+        await self.store.close()
+
+    async def process(self, batch: Batch) -> None:
+        await self._refresh_gazetteer()
+        states = await self.store.document_states(e.payload.doc_id for e in batch.events)
+        latest: dict[str, Event] = {}
+        for event in batch.events:
+            doc_id = event.payload.doc_id
+            state = states.get(doc_id)
+            if state is not None and state.supersedes(*_rank(event)):
+                if (state.version, state.deleted) == _rank(event):
+                    self._replay(batch, event, state)
+                continue  # older than the graph: nothing to do
+            if doc_id not in latest or _rank(event) > _rank(latest[doc_id]):
+                latest[doc_id] = event  # a later version in this batch supersedes it
+
+        upserts = [e for e in latest.values() if e.type != DOCUMENT_DELETED]
+        linked = await asyncio.to_thread(self._link, [document_text(e.payload) for e in upserts])
+        entities = {e.payload.doc_id: ents for e, ents in zip(upserts, linked, strict=True)}
+        for doc_id, event in latest.items():
+            self._change(batch, event, states.get(doc_id), entities.get(doc_id, ()))
+
+    def _link(self, texts: list[str]) -> list[tuple[LinkedEntity, ...]]:
+        return self.resolver.resolve(self.recogniser.recognise(texts)) if texts else []
+
+    def _change(self, batch: Batch, event: Event, base: DocState | None,
+                entities: tuple[LinkedEntity, ...]) -> None:
+        version, deleted = _rank(event)
+        change = DocumentChange(event.payload.doc_id, version, deleted, base, entities,
+                                cooccurring(entities, self.kg.max_cooccurring))
+        old_entities = base.entities if base else ()
+        new_ids = {e.id for e in entities}
+        batch.write("graph", GraphWrite(
+            change, tuple(set(change.old_pairs) - set(change.new_pairs)),
+            tuple(sorted(set(old_entities) - new_ids))))
+        self._emit(batch, event, set(old_entities) | new_ids,
+                   set(change.old_pairs) | set(change.new_pairs))
+
+    def _replay(self, batch: Batch, event: Event, state: DocState) -> None:
+        """Applied before, perhaps not published: publish again from the recorded transition."""
+        old_pairs, new_pairs = set(pairs(state.prev_cooccurring)), set(pairs(state.cooccurring))
+        batch.write("graph", GraphWrite(None, tuple(old_pairs - new_pairs),
+                                        tuple(sorted(set(state.prev_entities) - set(state.entities)))))
+        self._emit(batch, event, set(state.prev_entities) | set(state.entities),
+                   old_pairs | new_pairs)
+
+    @staticmethod
+    def _emit(batch: Batch, event: Event, entity_ids: set[str],
+              edges: set[tuple[str, str]]) -> None:
+        version, deleted = _rank(event)
+        batch.emit("kg.changes.v1", KG_CHANGED, KgChanged(
+            doc_id=event.payload.doc_id, doc_version=version, entities=sorted(entity_ids),
+            edges=sorted(edges), deleted=deleted), cause=event)
+
+    async def _refresh_gazetteer(self) -> None:
+        """Reload the ruler and alias table when the refresh task published a new snapshot."""
+        now = time.monotonic()
+        if now - self._gazetteer_checked < self.kg.gazetteer_poll_s:
+            return
+        self._gazetteer_checked = now
+        version = await self.store.gazetteer_version()
+        if version == self.resolver.gazetteer.version:
+            return
+        entries = await self.store.gazetteer(self.kg.gazetteer_min_docs,
+                                             self.kg.gazetteer_max_entities)
+        gazetteer = Gazetteer(entries, version)
+        await asyncio.to_thread(self.recogniser.use_gazetteer, gazetteer.patterns())
+        self.resolver.gazetteer = gazetteer
+        log.info("gazetteer loaded", extra={"version": version, "entities": len(entries)})
+
+    def _embed(self, texts: list[str]):
+        if self._embedder is None:
+            self._embedder = MiniLMEmbedder()
+        return self._embedder.embed(texts)
+
+
+def _rank(event: Event) -> tuple[int, bool]:
+    """Order of events of one document: by version; a delete outranks an upsert of its version."""
+    return event.payload.version, event.type == DOCUMENT_DELETED
