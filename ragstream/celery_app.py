@@ -14,11 +14,14 @@ import redis
 from celery import Celery
 
 from ragstream.config import Settings
+from ragstream.locks import LockTimeout, renewed_lock
+from ragstream.schedule import ScheduleSettings, beat_schedule
 
 log = logging.getLogger(__name__)
 
 # Modules that register tasks; the Celery worker imports them at start.
-TASK_MODULES: list[str] = ["ragstream.nlp.refresh", "ragstream.index.tasks"]
+TASK_MODULES: list[str] = ["ragstream.gcn.tasks", "ragstream.nlp.refresh",
+                          "ragstream.index.tasks"]
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -34,35 +37,48 @@ def make_app(settings: Settings | None = None) -> Celery:
         result_expires=3600,
         broker_connection_retry_on_startup=True,
         timezone="UTC",
+        # deployments sharing a Redis keep their queues and schedules apart, like their graphs
+        task_default_queue=f"{settings.group_prefix}.celery",
     )
+    configure_beat(app, settings)
     return app
+
+
+def configure_beat(app: Celery, settings: Settings) -> None:
+    """RedBeat: schedule and leader lock in Redis; only one beat fires (see ragstream.schedule)."""
+    schedule = ScheduleSettings()
+    app.conf.update(
+        beat_scheduler="redbeat.RedBeatScheduler",
+        beat_schedule=beat_schedule(schedule),
+        beat_max_loop_interval=schedule.max_loop_interval_s,
+        redbeat_redis_url=settings.redis_url.get_secret_value(),
+        redbeat_key_prefix=f"{settings.group_prefix}:redbeat",
+        redbeat_lock_timeout=schedule.lock_timeout_s,
+    )
 
 
 app = make_app()
 
 
-def exclusive_task(name: str, lock_ttl_s: int = 3600) -> Callable:
+def exclusive_task(name: str, lock_ttl_s: float = 60.0) -> Callable:
     """Register ``fn`` as a Celery task that runs at most once at a time across all workers.
 
-    A run that finds the lock taken returns ``{"skipped": "locked"}``; the lock expires after
-    ``lock_ttl_s`` so a crashed holder cannot block the job forever."""
+    A run that finds the lock taken returns ``{"skipped": "locked"}``. The holder renews the lock
+    while it runs, so a long task keeps it and a killed one frees it within ``lock_ttl_s``: a task
+    redelivered after its worker died runs again within a minute, not an hour."""
 
     def wrap(fn: Callable) -> Callable:
         @app.task(name=name, bind=True)
         @functools.wraps(fn)
         def task(self, *args, **kwargs):
             client = redis.Redis.from_url(Settings().redis_url.get_secret_value())
-            lock = client.lock(f"ragstream:lock:{name}", timeout=lock_ttl_s, blocking=False)
-            if not lock.acquire():
+            try:
+                with renewed_lock(client, f"ragstream:lock:{name}", lock_ttl_s, wait_s=0):
+                    return fn(*args, **kwargs)
+            except LockTimeout:
                 log.info("task already running elsewhere; skipped", extra={"task": name})
                 return {"skipped": "locked"}
-            try:
-                return fn(*args, **kwargs)
             finally:
-                try:
-                    lock.release()
-                except redis.exceptions.LockError:
-                    log.warning("task lock expired before the task finished", extra={"task": name})
                 client.close()
 
         return task

@@ -327,6 +327,7 @@ def topics(
                                   consumer_groups(names, cfg.group_id)))
 
 
+
 # retrieval --------------------------------------------------------------------------------------
 
 
@@ -369,6 +370,53 @@ def reembed() -> None:
     namespace, sent = asyncio.run(run_reembed(settings()))
     console.print(f"embedding cache namespace {namespace}; re-sent {sent} documents")
 
+
+# scheduled jobs --------------------------------------------------------------------------------
+
+refresh_app = typer.Typer(help="Run the scheduled refresh jobs by hand.", no_args_is_help=True)
+app.add_typer(refresh_app, name="refresh")
+
+
+@refresh_app.command("gcn")
+def refresh_gcn(
+    full: Annotated[bool, typer.Option("--full", help="The nightly job: retrain, re-embed all.")]
+    = False,
+    incremental: Annotated[bool, typer.Option("--incremental",
+                                              help="Re-embed the dirty neighbourhoods.")] = False,
+    frozen: Annotated[bool, typer.Option(help="With --full: re-embed all, keep the model.")]
+    = False,
+) -> None:
+    """Refresh the GCN entity embeddings now (the same jobs the beat schedule runs)."""
+    from ragstream.gcn.jobs import run_job
+
+    if full == incremental:
+        raise typer.BadParameter("pass exactly one of --full and --incremental")
+    cfg = settings()
+    logs.configure(cfg.log_level)
+    mode = "incremental" if incremental else "full" if frozen else "retrain"
+    report = asyncio.run(run_job(mode, cfg))
+    print(json.dumps(report.summary()), flush=True)
+
+
+@app.command()
+def beat() -> None:
+    """Run the Celery beat scheduler. Start several: only the lock holder fires."""
+    from ragstream.schedule import run_beat
+
+    cfg = settings()
+    logs.configure(cfg.log_level)
+    run_beat(cfg.log_level)
+
+
+@app.command("celery-worker")
+def celery_worker(
+    concurrency: Annotated[int, typer.Option(help="Task processes.")] = 1,
+) -> None:
+    """Run a Celery worker for the scheduled jobs (GCN refresh, compaction, gazetteer)."""
+    cfg = settings()
+    from ragstream.celery_app import app as celery
+
+    celery.worker_main(["worker", f"--loglevel={cfg.log_level}", f"--concurrency={concurrency}"])
 
 
 @app.command()

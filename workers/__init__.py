@@ -16,10 +16,12 @@ REGISTRY: dict[str, str] = {
     "entity_linking": "workers.entity_linking:EntityLinkingWorker",
     "embedding": "workers.embedding:EmbeddingWorker",
     "reindex": "workers.reindex:ReindexWorker",
+    "gcn_refresh": "workers.gcn_refresh:GcnRefreshWorker",
 }
 
 # The workers `ragstream up` starts by default.
-DEFAULT_STACK: tuple[str, ...] = ("echo", "entity_linking", "embedding", "reindex")
+DEFAULT_STACK: tuple[str, ...] = ("echo", "entity_linking", "embedding", "reindex",
+                                  "gcn_refresh")
 
 
 def load(name: str) -> type[Worker]:

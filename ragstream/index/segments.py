@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import tantivy
+import torch  # noqa: F401  before usearch: the other order makes a later torch_geometric import hang
 from usearch.index import Index
 
 CONNECTIVITY = 16

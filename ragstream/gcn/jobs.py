@@ -1,0 +1,80 @@
+"""Run a refresh job against the configured stores: the one entry point for the Celery tasks,
+the CLI and the worker's trigger. It holds the graph's refresh lock, drains the dirty set and
+announces each new version on graph.embeddings.v1."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import redis
+import redis.asyncio
+
+from ragstream.config import Settings
+from ragstream.gcn.config import GcnSettings
+from ragstream.gcn.dirty import DirtySet
+from ragstream.locks import renewed_lock
+from ragstream.gcn.refresh import Announce, Refresher, RefreshReport
+from ragstream.gcn.store import EmbeddingStore
+from ragstream.graph import KgSettings, open_graph_store
+from schemas.catalogue import GRAPH_EMBEDDINGS_UPDATED
+from schemas.envelope import Envelope, derived_event_id
+from schemas.payloads import GraphEmbeddingsUpdated
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["incremental", "full", "retrain"]
+
+
+async def run_job(mode: Mode, settings: Settings | None = None, cfg: GcnSettings | None = None,
+                  kg: KgSettings | None = None, *, announce: bool = True) -> RefreshReport:
+    settings, cfg, kg = settings or Settings(), cfg or GcnSettings(), kg or KgSettings()
+    graph_name = kg.graph_name(settings)
+    url = settings.redis_url.get_secret_value()
+    graph_store = await open_graph_store(settings, kg)
+    lock_client = redis.Redis.from_url(url)
+    dirty = DirtySet(redis.asyncio.Redis.from_url(url), graph_name)
+    try:
+        with renewed_lock(lock_client, f"ragstream:lock:gcn:{graph_name}", cfg.lock_ttl_s,
+                          cfg.lock_wait_s):
+            refresher = Refresher(
+                EmbeddingStore(graph_store.backend, write_batch=cfg.write_batch,
+                               read_batch=cfg.read_batch),
+                settings.data_dir / "gcn" / graph_name, cfg,
+                kafka_announcer(settings, graph_name, cfg.ids_per_event) if announce else None)
+            members = await dirty.members()
+            report = await getattr(refresher, mode)(members)
+            await dirty.remove(members - set(report.deferred))
+    finally:
+        await graph_store.close()
+        await dirty.client.aclose()
+        lock_client.close()
+    log.info("gcn refresh done", extra=report.summary())
+    return report
+
+
+def announcements(graph_name: str, version: int, model: str, dimension: int, ids: list[str],
+                  full: bool, ids_per_event: int) -> list[Envelope]:
+    """graph.embeddings.v1 events for one version: a full refresh is one event (every node);
+    an incremental one lists the rewritten nodes, split to stay under the event size limit.
+    Ids derive from the version, so a resumed job re-announces with the same ids."""
+    chunks = [[]] if full else [ids[i:i + ids_per_event] for i in range(0, len(ids), ids_per_event)]
+    return [Envelope(
+        id=derived_event_id("gcn", graph_name, version, n), type=GRAPH_EMBEDDINGS_UPDATED,
+        source="ragstream/gcn_refresh", subject=graph_name,
+        data=GraphEmbeddingsUpdated(embedding_version=str(version), model_version=model,
+                                    node_ids=chunk, dimension=dimension,
+                                    full_refresh=full).model_dump(mode="json"))
+        for n, chunk in enumerate(chunks)]
+
+
+def kafka_announcer(settings: Settings, graph_name: str, ids_per_event: int) -> Announce:
+    async def announce(version: int, model: str, dimension: int, ids: list[str],
+                       full: bool) -> None:
+        from producers.publisher import Publisher
+
+        async with Publisher(settings) as publisher:
+            await publisher.publish(announcements(graph_name, version, model, dimension, ids,
+                                                  full, ids_per_event))
+
+    return announce

@@ -1,0 +1,79 @@
+"""The beat schedule, from config (``RAGSTREAM_SCHEDULE_*``), and running beat.
+
+Each job's period is a number of seconds ("300") or a five-field crontab ("0 3 * * *").
+Tasks are named, not imported: the beat process needs no model code. ``test_beat_schedule``
+checks that every name here is a task some module of ``TASK_MODULES`` registers.
+
+One beat fires: beat uses RedBeat, whose scheduler takes a Redis lock with a TTL before it
+ticks and renews it on every tick. A second beat process blocks on the lock and takes over only
+after the leader stops renewing (it died), within ``lock_timeout_s``. Due times live in Redis
+too, so the successor continues the schedule instead of firing everything again.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from celery.schedules import crontab
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ragstream.config import ENV_PREFIX
+
+# beat entry -> (task name, the ScheduleSettings field holding its period)
+ENTRIES: dict[str, tuple[str, str]] = {
+    "gcn-incremental-refresh": ("ragstream.gcn.refresh_incremental", "gcn_incremental"),
+    "gcn-full-retrain": ("ragstream.gcn.retrain", "gcn_retrain"),
+    "index-compaction": ("ragstream.index.compact", "index_compaction"),
+    "kg-gazetteer-refresh": ("ragstream.kg.refresh_gazetteer", "gazetteer_refresh"),
+}
+
+
+class ScheduleSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=f"{ENV_PREFIX}SCHEDULE_", extra="ignore")
+
+    gcn_incremental: str = "300"
+    gcn_retrain: str = "0 3 * * *"         # nightly
+    index_compaction: str = "15 * * * *"   # hourly
+    gazetteer_refresh: str = "300"
+    # beat wakes at least this often; the leader lock lives this long without renewal
+    max_loop_interval_s: float = Field(default=5.0, gt=0)
+    lock_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("gcn_incremental", "gcn_retrain", "index_compaction", "gazetteer_refresh")
+    @classmethod
+    def _valid_period(cls, value: str) -> str:
+        period(value)
+        return value
+
+
+def period(spec: str) -> float | crontab:
+    """Seconds ("300", "2.5") or a crontab ("minute hour day-of-month month day-of-week")."""
+    fields = spec.split()
+    if len(fields) == 1:
+        seconds = float(fields[0])
+        if seconds <= 0:
+            raise ValueError(f"a period must be positive: {spec!r}")
+        return seconds
+    if len(fields) != 5:
+        raise ValueError(f"expected seconds or a 5-field crontab: {spec!r}")
+    minute, hour, day_of_month, month, day_of_week = fields
+    return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
+                   day_of_week=day_of_week)
+
+
+def beat_schedule(cfg: ScheduleSettings | None = None) -> dict[str, dict]:
+    cfg = cfg or ScheduleSettings()
+    return {entry: {"task": task, "schedule": period(getattr(cfg, field))}
+            for entry, (task, field) in ENTRIES.items()}
+
+
+def run_beat(loglevel: str = "INFO") -> None:
+    """Run beat in this process until it is stopped."""
+    from ragstream.celery_app import TASK_MODULES, app
+
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    # a task module may add a default entry of its own: the configured schedule wins
+    app.conf.beat_schedule = beat_schedule()
+    app.Beat(loglevel=loglevel, max_interval=ScheduleSettings().max_loop_interval_s).run()
