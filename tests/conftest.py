@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import redis
-# torch before usearch (loaded by the index tests): the other order hangs torch_geometric
-import torch  # noqa: F401
 
 from ragstream.config import Settings
 from ragstream.stack import FalkorDB, Tansu
