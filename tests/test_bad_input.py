@@ -118,7 +118,9 @@ class FlakyUntilFixed(EchoWorker):
         await super().process(batch)
 
 
-async def test_dlq_replay_republishes_after_a_fix(settings, topics, redis_client):
+async def test_dlq_replay_republishes_after_a_fix(transport_settings, transport_topics,
+                                                 redis_client):
+    settings = transport_settings
     events = [document_upserted(f"d{i}", "needs a fix" if i == 3 else "fine", version=1)
               for i in range(6)]
     async with Publisher(settings) as pub:
@@ -143,4 +145,12 @@ async def test_dlq_replay_republishes_after_a_fix(settings, topics, redis_client
 
 
 async def _has_dead_letter(settings) -> bool:
+    if settings.transport == "rabbitmq":  # dead letters wait in their queue
+        import kombu
+
+        from ragstream.transport.rabbitmq import dead_letter_queue
+
+        with kombu.Connection(settings.rabbitmq_url.get_secret_value()) as conn:
+            queue = dead_letter_queue(settings, "documents.v1").bind(conn.default_channel)
+            return queue.queue_declare(passive=True)[1] == 1
     return len(await read_topic(settings, "documents.v1.dlq", timeout=0.5)) == 1
