@@ -43,8 +43,10 @@ async def test_refresh_killed_mid_write_leaves_readers_on_the_old_version(
 
     refresh = ManagedProcess(
         "refresh", [sys.executable, "-m", "ragstream", "refresh", "gcn", "--incremental"],
+        # one node per write: the write phase lasts far longer than the 10 ms between reads, so
+        # the kill lands mid-write even on an idle machine (with 10 per write it sometimes finished)
         tmp_path / "refresh.log", env={**env, **gcn_env(cfg), "RAGSTREAM_KG_GRAPH": kg.graph,
-                                       "RAGSTREAM_GCN_WRITE_BATCH": "10"})
+                                       "RAGSTREAM_GCN_WRITE_BATCH": "1"})
     refresh.start()
     reads = 0
     try:
