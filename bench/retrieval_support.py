@@ -15,7 +15,7 @@ from pathlib import Path
 from ragstream.config import Settings
 from ragstream.runner import make_runtime
 from ragstream.stack import embedded_services
-from ragstream.transport.kafka import ensure_topics
+from ragstream.transport import ensure_topics
 from schemas.catalogue import all_topic_names
 from workers.embedding import EmbeddingWorker
 from workers.reindex import ReindexWorker
