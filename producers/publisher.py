@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+
+from ragstream import tracing
 
 from ragstream.config import Settings
 from ragstream.transport import make_producer
@@ -48,9 +51,11 @@ class Publisher:
     async def publish(self, envelopes: Iterable[Envelope], topic_name: str | None = None) -> int:
         """Validate every envelope first; publish all or none of them. Returns the count sent."""
         messages = [encode(e, topic_name, self.settings.max_event_bytes) for e in envelopes]
-        await self._producer.send_all(messages)
+        with tracing.publishing(messages) if tracing.ENABLED else nullcontext(messages) as messages:
+            await self._producer.send_all(messages)
         return len(messages)
 
     async def send_raw(self, messages: Sequence[OutMessage]) -> None:
         """Send already-encoded messages unchanged (dead-letter replay keeps the original bytes)."""
-        await self._producer.send_all(messages)
+        with tracing.publishing(messages) if tracing.ENABLED else nullcontext(messages) as messages:
+            await self._producer.send_all(messages)

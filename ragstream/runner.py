@@ -6,6 +6,7 @@ import asyncio
 import functools
 import signal
 
+from ragstream import tracing
 from ragstream.config import Settings
 from ragstream.runtime import Worker, WorkerRuntime
 from ragstream.transport import consumer_factory, make_producer
@@ -25,6 +26,7 @@ def make_runtime(worker: Worker, settings: Settings, *, broker: MemoryBroker | N
 
 async def serve(worker: Worker, settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain: finish the batch, commit, leave the group."""
+    tracing.configure_from_env(f"ragstream-{worker.name}")
     runtime = make_runtime(worker, settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

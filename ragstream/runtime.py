@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import redis.exceptions
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError
 
+from ragstream import tracing
 from ragstream.config import Settings
 from ragstream.logs import event_id_var, trace_id_var, worker_var
 from ragstream.metrics import HealthServer, RuntimeMetrics
@@ -340,11 +341,14 @@ class WorkerRuntime:
 
         dead: list[DeadLetter] = []
         events = [e for r in records if (e := self._decode(r, dead)) is not None]
+        trace = tracing.BatchTrace(name, events) if tracing.ENABLED else None
         try:
             batches = await self._process_isolating(events, dead) if events else []
             emitted = [(t, env) for b in batches for t, env in b.emitted]
             messages = [OutMessage(t, env.subject.encode(), env.model_dump_json().encode(),
                                    env.binding_headers()) for t, env in emitted]
+            if trace is not None:
+                messages = trace.publish(messages)
             for b in batches:
                 dead.extend(DeadLetter(x.event.record, "Rejected", x.reason, x.message, "process", 1)
                             for x in b.rejected)
@@ -354,10 +358,14 @@ class WorkerRuntime:
             except UNAVAILABLE as exc:
                 raise _Backpressure(exc) from exc
         except _Backpressure as bp:
+            if trace is not None:
+                trace.end(bp.cause)
             self._rewind_and_pause(records, bp.cause)
             return
         self._consecutive_backpressure = 0
         await self._commit(records)
+        if trace is not None:
+            trace.end()
 
         self.metrics.process_seconds.labels(name).observe(time.perf_counter() - started)
         now = time.time()

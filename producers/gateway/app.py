@@ -32,6 +32,7 @@ from producers.events import document_deleted, document_upserted
 from producers.gateway.auth import ApiKey, KeyStore
 from producers.gateway.ratelimit import RateLimiter
 from producers.publisher import Publisher, encode, topic_for
+from ragstream import tracing
 from ragstream.config import Settings
 from ragstream.metrics import LATENCY_BUCKETS
 from ragstream.runtime import SinkUnavailable
@@ -148,6 +149,7 @@ class Gateway:
         self._results_task: asyncio.Task | None = None
 
     async def start(self) -> None:
+        tracing.configure_from_env("ragstream-gateway")
         self.keys.reload()
         self._redis = connect(self.settings)
         self.limiter = RateLimiter(self._redis, self.settings.group_prefix)
@@ -288,6 +290,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         elif length is None and request.method in ("POST", "PUT", "PATCH"):
             response = JSONResponse({"detail": "a Content-Length header is required"},
                                     status_code=411)
+        elif tracing.ENABLED:  # a caller's traceparent is the parent; else the request id's trace
+            parent = request.headers.get("traceparent") or traceparent_for(request.state.request_id)
+            with tracing.server_span(f"gateway {request.method} {request.url.path}", parent,
+                                     **{"http.request.method": request.method}) as span:
+                request.state.traceparent = tracing.traceparent_of(span)
+                response = await call_next(request)
+                span.set_attribute("http.response.status_code", response.status_code)
         else:
             response = await call_next(request)
         route = request.scope.get("route")
@@ -324,7 +333,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Depends(check)
 
     def trace(request: Request) -> str:
-        return traceparent_for(request.state.request_id)
+        return (getattr(request.state, "traceparent", None)  # the gateway span, tracing on
+                or traceparent_for(request.state.request_id))
 
     @app.post("/v1/events", response_model=EventsOut, tags=["publish"],
               dependencies=[require("publish")])
