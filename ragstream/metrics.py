@@ -48,6 +48,19 @@ class RuntimeMetrics:
         self.assigned = Gauge("ragstream_partitions_assigned", "Partitions assigned",
                               ("worker",), registry=r)
 
+    def preset(self, worker: str, consumes: tuple[str, ...], emits: tuple[str, ...]) -> None:
+        """Expose every known series at zero from the start, so that dashboards and alerts see
+        0 (not "no data") for a worker that has not yet retried, emitted or been paused."""
+        for t in consumes:
+            for metric in (self.consumed, self.processed, self.retried, self.freshness):
+                metric.labels(worker, t)
+        for t in emits:
+            self.emitted.labels(worker, t)
+        self.backpressure.labels(worker)
+        self.batch_size.labels(worker)
+        self.process_seconds.labels(worker)
+        self.assigned.labels(worker)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -262,6 +262,7 @@ class WorkerRuntime:
         self._last_lag_update = 0.0
         self._batch_max = min(self.settings.batch_max_records,
                               self.worker.max_batch_records or self.settings.batch_max_records)
+        self.metrics.preset(self.worker.name, tuple(self.worker.consumes), tuple(self.worker.emits))
         self.health = HealthServer(self.metrics, lambda: self._ready, lambda: self._alive,
                                    self.settings.metrics_host, self.settings.metrics_port)
         self.consumer = self.consumer_factory(
