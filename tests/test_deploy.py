@@ -1,0 +1,376 @@
+"""Deployment files, checked offline (CI has no Docker engine and no cluster):
+
+- docker-compose.yml against the Compose Specification schema that check-jsonschema vendors;
+- every command a compose service or a Kubernetes container runs parses in the real CLI;
+- the Kubernetes overlays, built (a small kustomize: resources, namespace, images, patches)
+  and validated with kubernetes-validate's offline schemas; KEDA objects against their spec;
+- the rules that tie them together: replicas capped at partitions, one beat, secrets as files,
+  probes on /healthz and /readyz, only the gateway open to outside traffic;
+- the alert rules with promtool check rules and promtool test rules.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import jsonschema
+import kubernetes_validate
+import pytest
+import typer
+import yaml
+
+from ragstream.cli import app
+from ragstream.config import Settings
+from workers import REGISTRY, load
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+K8S = ROOT / "infra/k8s"
+K8S_VERSION = "1.31.0"
+try:  # recent typer vendors its own click
+    from typer._click import exceptions as _typer_click
+
+    USAGE_ERRORS: tuple[type[Exception], ...] = (click.UsageError, _typer_click.UsageError)
+except ImportError:
+    USAGE_ERRORS = (click.UsageError,)
+# workers whose code lands with another issue: deployed here, not yet in workers.REGISTRY
+PENDING_WORKERS = {"batch_inference": ("inference.requests.v1",)}
+KAFKA_WORKERS = sorted(set(REGISTRY) - {"noop"} | set(PENDING_WORKERS))
+
+
+def consumes(worker: str) -> tuple[str, ...]:
+    return PENDING_WORKERS.get(worker) or load(worker).consumes
+
+
+def parse_cli(args: list[str]) -> tuple[object, dict]:
+    """Parse ``ragstream ARGS`` as the real CLI would, down to the leaf command, running nothing.
+    Unknown commands, unknown options and missing arguments raise click.UsageError."""
+    command = typer.main.get_command(app)
+    ctx = command.make_context("ragstream", list(args))
+    while hasattr(command, "resolve_command"):  # a group: descend to the subcommand
+        rest = [*ctx._protected_args, *ctx.args]
+        name, command, rest = command.resolve_command(ctx, rest)
+        ctx = command.make_context(name, rest, parent=ctx)
+    return command, ctx.params
+
+
+def check_command(args: list[str]) -> None:
+    command, params = parse_cli(args)
+    if command.name == "worker":
+        name = params["name"]
+        assert name in REGISTRY or name in PENDING_WORKERS, f"no worker {name!r}"
+
+
+def test_the_cli_check_rejects_what_the_cli_would():
+    check_command(["worker", "echo"])
+    check_command(["gateway", "--host", "0.0.0.0", "--port", "8080"])
+    for bad in (["wrker", "echo"], ["gateway", "--hots", "x"], ["worker"],
+                ["celery-worker", "--concurrency", "many"], ["worker", "nosuch"]):
+        with pytest.raises((*USAGE_ERRORS, AssertionError)):
+            check_command(bad)
+
+
+# docker compose ---------------------------------------------------------------------------------
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_file_is_valid_against_the_compose_specification():
+    checker = Path(sys.executable).with_name("check-jsonschema")
+    result = subprocess.run([str(checker), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_runs_every_worker_once_one_beat_and_commands_the_cli_has():
+    services = compose()["services"]
+    ours = {name: s for name, s in services.items() if str(s.get("image", "")).startswith("ragstream")}
+    for name, service in ours.items():
+        check_command(service["command"])
+    workers = {s["command"][1] for s in ours.values() if s["command"][0] == "worker"}
+    assert workers == set(KAFKA_WORKERS)
+    for name in KAFKA_WORKERS:  # each worker is its own service, named after it
+        assert services[name]["command"] == ["worker", name]
+    beats = [n for n, s in ours.items() if s["command"][0] == "beat"]
+    assert beats == ["beat"] and services["beat"].get("deploy", {}).get("replicas", 1) == 1
+    for infra in ("kafka", "topics", "redis", "neo4j", "rabbitmq", "triton", "prometheus",
+                  "grafana", "gateway", "celery-worker"):
+        assert infra in services, infra
+    assert services["topics"]["command"][:2] == ["topics", "--create"]
+    assert "--model-repository=/models" in services["triton"]["command"]
+    assert any(v.endswith(":/models:ro") and "infra/triton/models" in v
+               for v in services["triton"]["volumes"])
+    assert "healthcheck" in services["neo4j"]
+    # only the gateway is published beyond loopback
+    published = {n for n, s in services.items() for p in s.get("ports", [])
+                 if not str(p).startswith("127.0.0.1:")}
+    assert published == {"gateway"}
+
+
+def test_compose_secrets_are_files_never_literals():
+    doc = compose()
+    defined = doc["secrets"]
+    for name, secret in defined.items():
+        assert set(secret) == {"file"} and secret["file"].startswith("infra/secrets/"), name
+    secretish = re.compile(r"PASSWORD|SECRET|TOKEN|_KEYS?$|REDIS_URL|RABBITMQ_URL|AUTH", re.I)
+    for name, service in doc["services"].items():
+        used = [s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])]
+        assert set(used) <= set(defined), name
+        for key, value in (service.get("environment") or {}).items():
+            if secretish.search(key):
+                assert key.endswith("_FILE") or key.endswith("__FILE"), f"{name}: {key}"
+                assert str(value).startswith("/run/secrets/"), f"{name}: {key}={value}"
+                assert Path(value).name in used, f"{name}: {key} names a secret it does not mount"
+
+
+def test_every_secret_file_setting_names_a_real_setting():
+    doc = compose()
+    fields = set(Settings.model_fields)
+    for service in doc["services"].values():
+        for key in service.get("environment") or {}:
+            if key.startswith("RAGSTREAM_") and key.endswith("_FILE"):
+                field = key.removeprefix("RAGSTREAM_").removesuffix("_FILE").lower()
+                assert field in fields or field == "api_keys", key
+
+
+# Kubernetes -------------------------------------------------------------------------------------
+
+
+def _load_all(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _merge(base, patch):
+    """A strategic merge patch, as far as the overlays use it: maps merge, the rest replaces."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            out[key] = _merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(patch)
+
+
+def build(directory: Path) -> list[dict]:
+    """``kustomize build`` for the features these overlays use; anything else fails loudly."""
+    k = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    known = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
+    assert set(k) <= known, f"{directory}: kustomization uses {set(k) - known}"
+    objects: list[dict] = []
+    for resource in k.get("resources", []):
+        path = directory / resource
+        objects += build(path) if path.is_dir() else _load_all(path)
+    for patch in k.get("patches", []):
+        target = patch["target"]
+        body = yaml.safe_load(patch["patch"])
+        matched = [o for o in objects if o["kind"] == target["kind"]
+                   and target.get("name", o["metadata"]["name"]) == o["metadata"]["name"]]
+        assert matched, f"{directory}: patch {target} matches nothing"
+        for o in matched:
+            body = {**body, "metadata": {**body.get("metadata", {}), "name": o["metadata"]["name"]}}
+            objects[objects.index(o)] = _merge(o, body)
+    for image in k.get("images", []):
+        for o in objects:
+            for c in _containers(o):
+                name, _, tag = c["image"].partition(":")
+                if name == image["name"]:
+                    c["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag or 'latest')}"
+    if "namespace" in k:
+        for o in objects:
+            o["metadata"]["namespace"] = k["namespace"]
+    return objects
+
+
+def _pod_spec(o: dict) -> dict | None:
+    if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return o["spec"]["template"]["spec"]
+    return None
+
+
+def _containers(o: dict) -> list[dict]:
+    spec = _pod_spec(o)
+    return spec["containers"] if spec else []
+
+
+# What KEDA's ScaledObject CRD requires of the fields used here (keda.sh/v1alpha1).
+SCALED_OBJECT = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "spec": {
+            "type": "object", "required": ["scaleTargetRef", "triggers"],
+            "additionalProperties": False,
+            "properties": {
+                "scaleTargetRef": {"type": "object", "required": ["name"],
+                                   "properties": {"name": {"type": "string"}}},
+                "minReplicaCount": {"type": "integer", "minimum": 0},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "pollingInterval": {"type": "integer"}, "cooldownPeriod": {"type": "integer"},
+                "idleReplicaCount": {"type": "integer"}, "fallback": {"type": "object"},
+                "advanced": {"type": "object"},
+                "triggers": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["type", "metadata"],
+                    "properties": {"type": {"type": "string"}, "metadata": {
+                        "type": "object", "additionalProperties": {"type": "string"}}}}},
+            },
+        },
+    },
+}
+KAFKA_TRIGGER_KEYS = {"bootstrapServers", "consumerGroup", "topic", "lagThreshold",
+                      "activationLagThreshold", "offsetResetPolicy", "allowIdleConsumers",
+                      "scaleToZeroOnInvalidOffset", "excludePersistentLag",
+                      "limitToPartitionsWithLag", "version", "partitionLimitation", "sasl", "tls"}
+
+
+@pytest.fixture(scope="module", params=["dev", "production"])
+def overlay(request) -> tuple[str, list[dict]]:
+    return request.param, build(K8S / "overlays" / request.param)
+
+
+def test_every_manifest_is_valid_against_the_kubernetes_schemas(overlay):
+    name, objects = overlay
+    for o in objects:
+        if o["apiVersion"].startswith("keda.sh/"):
+            jsonschema.validate(o, SCALED_OBJECT)
+            continue
+        kubernetes_validate.validate(o, K8S_VERSION, strict=True)
+    assert all(o["metadata"].get("namespace") == ("ragstream" if name == "production"
+                                                  else f"ragstream-{name}") for o in objects)
+
+
+def _by(objects: list[dict], kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def test_each_kafka_worker_scales_on_its_groups_lag_up_to_the_partition_count(overlay):
+    _, objects = overlay
+    config = _by(objects, "ConfigMap")["ragstream-config"]["data"]
+    partitions = int(config["RAGSTREAM_TOPIC_PARTITIONS"])
+    settings = Settings(group_prefix=config["RAGSTREAM_GROUP_PREFIX"])
+    deployments, scaled, pdbs = (_by(objects, k) for k in
+                                 ("Deployment", "ScaledObject", "PodDisruptionBudget"))
+    for worker in KAFKA_WORKERS:
+        app_name = worker.replace("_", "-")
+        deployment = deployments[app_name]
+        [container] = _containers(deployment)
+        assert container["args"] == ["worker", worker]
+        so = scaled[app_name]
+        assert so["spec"]["scaleTargetRef"]["name"] == app_name
+        assert so["spec"]["maxReplicaCount"] == partitions, f"{worker}: replicas past partitions idle"
+        assert 1 <= so["spec"]["minReplicaCount"] <= partitions
+        [trigger] = so["spec"]["triggers"]
+        assert trigger["type"] == "kafka"
+        meta = trigger["metadata"]
+        assert set(meta) <= KAFKA_TRIGGER_KEYS, set(meta) - KAFKA_TRIGGER_KEYS
+        assert meta["consumerGroup"] == settings.group_id(worker)
+        assert (meta["topic"],) == consumes(worker)
+        assert meta["bootstrapServers"] == config["RAGSTREAM_KAFKA_BOOTSTRAP"]
+        assert meta.get("allowIdleConsumers", "false") == "false"
+        selector = pdbs[app_name]["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_workers_probe_health_and_readiness_and_have_time_to_drain(overlay):
+    _, objects = overlay
+    config = _by(objects, "ConfigMap")["ragstream-config"]["data"]
+    drain = float(config["RAGSTREAM_DRAIN_TIMEOUT_S"])
+    for name, d in _by(objects, "Deployment").items():
+        spec = _pod_spec(d)
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        for c in spec["containers"]:
+            check_command(c["args"])
+            assert c["resources"]["requests"] and c["resources"]["limits"], name
+            assert c["image"].startswith("ghcr.io/ragstream/ragstream:"), c["image"]
+            assert {"name": "ragstream-config"} in [e["configMapRef"] for e in c["envFrom"]]
+        if d["metadata"]["labels"].get("app.kubernetes.io/component") == "worker":
+            [c] = spec["containers"]
+            port = next(p for p in c["ports"] if p["name"] == "metrics")["containerPort"]
+            assert port == int(config["RAGSTREAM_METRICS_PORT"])
+            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert "preStop" in c["lifecycle"]
+            assert spec["terminationGracePeriodSeconds"] > drain + 10, name
+            assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    gateway = _by(objects, "Deployment")["gateway"]
+    [c] = _containers(gateway)
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_secrets_are_mounted_files_named_by_the_config(overlay):
+    _, objects = overlay
+    assert not _by(objects, "Secret"), "secret values never live in the repo"
+    config = _by(objects, "ConfigMap")["ragstream-config"]["data"]
+    fields = set(Settings.model_fields)
+    for key, value in config.items():
+        if key.endswith("_FILE"):
+            assert key.removeprefix("RAGSTREAM_").removesuffix("_FILE").lower() in fields, key
+            assert value.startswith("/run/secrets/ragstream/")
+        else:
+            assert not re.search(r"PASSWORD|SECRET|TOKEN", key), f"{key} must be a *_FILE"
+    for name, d in _by(objects, "Deployment").items():
+        volumes = {v["name"]: v for v in _pod_spec(d)["volumes"]}
+        assert volumes["secrets"]["secret"]["secretName"] == "ragstream-secrets", name
+        for c in _containers(d):
+            mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+            assert mounts["/run/secrets/ragstream"]["readOnly"] is True
+
+
+def test_one_beat_only_the_gateway_takes_outside_traffic(overlay):
+    _, objects = overlay
+    deployments = _by(objects, "Deployment")
+    beats = [n for n, d in deployments.items() if _containers(d)[0]["args"] == ["beat"]]
+    assert beats == ["beat"]
+    assert deployments["beat"]["spec"]["replicas"] == 1
+    assert deployments["beat"]["spec"]["strategy"]["type"] == "Recreate"
+    assert "beat" not in _by(objects, "ScaledObject")
+    assert not any(h["spec"]["scaleTargetRef"]["name"] == "beat"
+                   for h in _by(objects, "HorizontalPodAutoscaler").values())
+
+    policies = _by(objects, "NetworkPolicy").values()
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and "ingress" not in p["spec"]]
+    assert deny and "Ingress" in deny[0]["spec"]["policyTypes"], "a default-deny ingress policy"
+    for p in policies:
+        for rule in p["spec"].get("ingress", []):
+            if "from" not in rule:  # open to any source: only the gateway may be selected
+                assert p["spec"]["podSelector"] == {
+                    "matchLabels": {"app.kubernetes.io/name": "gateway"}}, p["metadata"]["name"]
+    services = _by(objects, "Service")
+    assert set(services) == {"gateway"}
+    assert services["gateway"]["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_the_build_matches_what_each_overlay_promises(overlay):
+    name, objects = overlay
+    scaled = _by(objects, "ScaledObject")
+    expected = 2 if name == "dev" else 12
+    assert {so["spec"]["maxReplicaCount"] for so in scaled.values()} == {expected}
+    tags = {c["image"].rsplit(":", 1)[1] for o in objects for c in _containers(o)}
+    assert tags == {"dev" if name == "dev" else "0.1.0"}
+
+
+# Prometheus rules ---------------------------------------------------------------------------------
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    assert path, "promtool is missing: .ci/run installs Debian's prometheus package"
+    return path
+
+
+def test_alert_rules_pass_promtool_check_and_unit_tests():
+    rules = ROOT / "infra/prometheus"
+    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "tests/alerts_test.yml"],
+                 ["check", "config", "prometheus.yml"]):
+        result = subprocess.run([_promtool(), *args], cwd=rules, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
