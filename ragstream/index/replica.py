@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -149,13 +150,22 @@ class IndexReplica:
     def _new_workdir(self) -> Path:
         replicas = self.root / "replicas"
         replicas.mkdir(parents=True, exist_ok=True)
+        host = _host()
         for stale in replicas.iterdir():  # copies left by readers that were killed
-            pid = stale.name.split("-", 1)[0]
+            pid, *rest = stale.name.split("-")
+            # a shared volume (several gateway pods) holds other hosts' copies: their pids mean
+            # nothing here, so only this host's (or old unnamed) copies are checked
+            if "-".join(rest[:-1]) not in ("", host):
+                continue
             if pid.isdigit() and not _pid_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
-        workdir = replicas / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        workdir = replicas / f"{os.getpid()}-{host}-{uuid.uuid4().hex[:8]}"
         workdir.mkdir()
         return workdir
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "_") or "localhost"
 
 
 def _pid_alive(pid: int) -> bool:
