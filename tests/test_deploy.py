@@ -325,6 +325,21 @@ def test_secrets_are_mounted_files_named_by_the_config(overlay):
             assert mounts["/run/secrets/ragstream"]["readOnly"] is True
 
 
+def test_gateway_reads_the_snapshots_the_celery_worker_writes(overlay):
+    """Compaction trims the index log behind each snapshot: a reader that cannot see the
+    snapshots would miss chunks. Both mount the one shared volume at RAGSTREAM_DATA_DIR."""
+    _, objects = overlay
+    deployments = _by(objects, "Deployment")
+    [pvc] = _by(objects, "PersistentVolumeClaim").values()
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    for name in ("gateway", "celery-worker"):
+        spec = _pod_spec(deployments[name])
+        [data] = [v for v in spec["volumes"] if v["name"] == "data"]
+        assert data["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"], name
+        [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "data"]
+        assert mount["mountPath"] == "/home/ragstream/data"  # RAGSTREAM_DATA_DIR in the image
+
+
 def test_one_beat_only_the_gateway_takes_outside_traffic(overlay):
     _, objects = overlay
     deployments = _by(objects, "Deployment")
