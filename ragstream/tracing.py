@@ -252,10 +252,15 @@ class BatchTrace:
         self._producers: list[Any] = []
 
     def publish(self, messages: Sequence[Any]) -> list[Any]:
-        """Result messages with their ``traceparent`` header set to a publish span's context."""
-        cm = publishing(messages, self.consumer)
-        out = cm.__enter__()
-        self._producers.append(cm)
+        """Result messages with their ``traceparent`` header set to a publish span's context.
+        Results of untraced events (no consumer span) go out as they are."""
+        out = list(messages)
+        traced = [i for i, m in enumerate(out) if _trace_id(header(m.headers)) in self.consumer]
+        if traced:
+            cm = publishing([out[i] for i in traced], self.consumer)
+            for i, m in zip(traced, cm.__enter__(), strict=True):
+                out[i] = m
+            self._producers.append(cm)
         return out
 
     def end(self, error: BaseException | None = None) -> None:

@@ -20,6 +20,8 @@ from producers.gateway.auth import new_key
 from producers.publisher import Publisher
 from ragstream import tracing
 from ragstream.stack import ManagedProcess
+from ragstream.transport.base import OutMessage
+from ragstream.transport.kafka import KafkaProducer
 from tests.helpers import eventually, read_topic, running
 from workers.echo import EchoWorker
 
@@ -55,10 +57,26 @@ async def test_one_trace_holds_gateway_publish_worker_and_result(exporter, setti
             return any(s.name == "publish echo.v1" for s in exporter.get_finished_spans())
 
         await eventually(result_span_ended, 30, message="the echo worker's result span")
+        # an event that comes without any trace context starts no worker or result spans
+        untraced = document_upserted("doc-untraced", "hi", version=1)
+        producer = KafkaProducer(settings)
+        await producer.start()
+        try:
+            await producer.send_all([OutMessage("documents.v1", b"doc-untraced",
+                                                untraced.model_dump_json().encode())])
+        finally:
+            await producer.stop()
+
+        async def untraced_receipt() -> list:
+            return [r for r in await read_topic(settings, "echo.v1", timeout=0.5)
+                    if json.loads(r.value)["data"]["source_event_id"] == untraced.id]
+
+        await eventually(untraced_receipt, 30, message="the untraced event's receipt")
 
     spans = exporter.get_finished_spans()
+    assert len(spans) == 4, [s.name for s in spans]
     by_name = {s.name: s for s in spans}
-    gateway = by_name["gateway PUT /v1/documents/doc-1"]
+    gateway = by_name["gateway PUT /v1/documents/{doc_id}"]
     publish = by_name["publish documents.v1"]
     process = by_name["process documents.v1"]
     result = by_name["publish echo.v1"]
@@ -73,10 +91,13 @@ async def test_one_trace_holds_gateway_publish_worker_and_result(exporter, setti
     assert process.attributes["ragstream.worker"] == "echo"
 
     # the context rode in the messages' headers: each header names its publish span
-    [doc] = await read_topic(settings, "documents.v1")
+    docs = {r.key: r for r in await read_topic(settings, "documents.v1")}
+    doc = docs[b"doc-1"]
     assert _traceparent(doc.headers) == tracing.traceparent_of(publish)
-    [receipt] = await read_topic(settings, "echo.v1")
+    receipts = {json.loads(r.value)["subject"]: r for r in await read_topic(settings, "echo.v1")}
+    receipt = receipts["doc-1"]
     assert _traceparent(receipt.headers) == tracing.traceparent_of(result)
+    assert tracing.header(receipts["doc-untraced"].headers) is None
     # and the envelopes keep the trace id for logs, tracing on or off
     assert json.loads(receipt.value)["traceparent"].split("-")[1] == f"{trace_id:032x}"
 

@@ -297,6 +297,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 request.state.traceparent = tracing.traceparent_of(span)
                 response = await call_next(request)
                 span.set_attribute("http.response.status_code", response.status_code)
+                if (matched := request.scope.get("route")) is not None:  # low-cardinality name
+                    span.update_name(f"gateway {request.method} {matched.path}")
+                    span.set_attribute("http.route", matched.path)
         else:
             response = await call_next(request)
         route = request.scope.get("route")
