@@ -306,6 +306,31 @@ def test_workers_probe_health_and_readiness_and_have_time_to_drain(overlay):
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
+def test_pods_carry_what_the_kubernetes_scrape_config_relabels(overlay):
+    """infra/prometheus/kubernetes.yml keeps pods by component and port name and takes the
+    worker label from ragstream.io/worker: the same `worker` values the runtime's metrics use."""
+    _, objects = overlay
+    scrape = yaml.safe_load((ROOT / "infra/prometheus/kubernetes.yml").read_text())
+    jobs = {j["job_name"]: j for j in scrape["scrape_configs"]}
+    assert set(jobs) == {"ragstream-workers", "ragstream-gateway"}
+    wanted = {"ragstream-workers": ("worker", "metrics"), "ragstream-gateway": ("gateway", "http")}
+    seen = set()
+    for d in _by(objects, "Deployment").values():
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        for job, (component, port_name) in wanted.items():
+            if labels.get("app.kubernetes.io/component") != component:
+                continue
+            [c] = _containers(d)
+            assert port_name in {p["name"] for p in c.get("ports", [])}
+            worker = labels["ragstream.io/worker"]
+            assert worker == (c["args"][1] if component == "worker" else "gateway")
+            relabels = {r.get("target_label") or r["action"]: r for r in jobs[job]["relabel_configs"]}
+            assert relabels["worker"]["source_labels"] == [
+                "__meta_kubernetes_pod_label_ragstream_io_worker"]
+            seen.add(worker)
+    assert seen == set(KAFKA_WORKERS) | {"gateway"}
+
+
 def test_secrets_are_mounted_files_named_by_the_config(overlay):
     _, objects = overlay
     assert not _by(objects, "Secret"), "secret values never live in the repo"
