@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 
 from ragstream import tracing
-
 from ragstream.config import Settings
 from ragstream.transport import make_producer
 from ragstream.transport.base import OutMessage, Producer
