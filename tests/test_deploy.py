@@ -76,6 +76,44 @@ def test_the_cli_check_rejects_what_the_cli_would():
             check_command(bad)
 
 
+# the image --------------------------------------------------------------------------------------
+
+
+def _stages() -> dict[str, list[str]]:
+    """The Dockerfile's stages by name, each a list of its instructions (continuations joined)."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    stages: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            current = line.split()[-1] if " AS " in line.upper() else f"stage{len(stages)}"
+            stages[current] = [line]
+        elif current is not None:
+            stages[current].append(line)
+    return stages
+
+
+def test_image_has_cpu_and_gpu_targets_pinned_and_non_root():
+    stages = _stages()
+    assert list(stages)[-1] == "cpu", "a plain `docker build .` must give the CPU image"
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", (ROOT / "Dockerfile").read_text(), re.M))
+    base = args["PYTHON_IMAGE"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
+    assert args["TORCH_VERSION"] in (ROOT / "pyproject.toml").read_text()
+    for target, index in (("cpu", "whl/cpu"), ("gpu", "whl/${TORCH_CUDA}")):
+        steps = stages[target]
+        assert steps[-1] == "USER 10001", f"{target} must run as the non-root user"
+        [install] = [s for s in steps if s.startswith("RUN ")]
+        wheels = re.search(r"from=([\w-]+)", install).group(1)
+        assert index in " ".join(stages[wheels]), f"{target} takes torch from {index}"
+        assert stages[target][0].split()[1] == "runtime"
+    assert any("useradd" in s and "10001" in s for s in stages["runtime"])
+    assert compose()["x-ragstream"]["build"]["target"].endswith(":-cpu}")
+
+
 # docker compose ---------------------------------------------------------------------------------
 
 
