@@ -1,0 +1,109 @@
+"""What tracing costs the worker runtime: a noop worker over the same pre-produced events on the
+same Tansu broker, with tracing off (the default: the baseline) and on, in one run.
+
+Every event carries its own traceparent, as if each came from a different gateway request: the
+worst case, one CONSUMER span per event. Spans go to a BatchSpanProcessor with an exporter that
+drops them, so the figure is the cost inside the worker, not the network's. Runs alternate
+off/on (``--rounds``) so that drift on a shared machine hits both alike; the best of each is
+reported.
+
+    .venv/bin/python bench/tracing_overhead.py [--events 50000] [--rounds 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult  # noqa: E402
+
+from bench.runtime_overhead import BATCH, TOPIC, runtime_loop  # noqa: E402
+from producers.events import document_upserted  # noqa: E402
+from producers.publisher import encode  # noqa: E402
+from ragstream import tracing  # noqa: E402
+from ragstream.config import Settings  # noqa: E402
+from ragstream.stack import Tansu  # noqa: E402
+from ragstream.transport.kafka import KafkaProducer, ensure_topics  # noqa: E402
+
+
+class Discard(SpanExporter):
+    def __init__(self):
+        self.spans = 0
+
+    def export(self, spans):
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self):
+        pass
+
+
+async def produce(settings: Settings, n: int) -> None:
+    text = "Showers continued throughout the week in the Bahia cocoa zone."
+    producer = KafkaProducer(settings)
+    await producer.start()
+    try:
+        for start in range(0, n, 5000):
+            await producer.send_all([encode(document_upserted(
+                f"doc-{i}", text, version=1,
+                traceparent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"))
+                for i in range(start, min(start + 5000, n))])
+    finally:
+        await producer.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="10k events, 2 rounds")
+    parser.add_argument("--data", help="unused: this benchmark makes its own events")
+    args = parser.parse_args()
+    n, rounds = (10_000, 2) if args.quick else (args.events, args.rounds)
+
+    off, on, exported = [], [], 0
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Tansu(Path(tmp))
+        broker.start()
+        try:
+            settings = Settings(kafka_bootstrap=broker.bootstrap, kafka_idempotence=False,
+                                batch_max_records=BATCH, batch_timeout_ms=200,
+                                group_prefix="bench", log_level="WARNING")
+            await ensure_topics(settings, [TOPIC, TOPIC + ".dlq"], 6)
+            await produce(settings, n)
+            for r in range(rounds):
+                tracing.shutdown()
+                off.append((await runtime_loop(settings, n, f"bench.off{r}"))[0])
+                exporter = Discard()
+                tracing.configure(exporter, service_name="bench")
+                on.append((await runtime_loop(settings, n, f"bench.on{r}"))[0])
+                tracing.shutdown()  # flushes: every span reaches the exporter
+                exported += exporter.spans
+        finally:
+            tracing.shutdown()
+            broker.stop()
+
+    baseline, project = max(off), max(on)
+    print(f"{'runtime, noop worker':<40}{'events/s':>12}")
+    print(f"{'tracing off (default)':<40}{baseline:>12,.0f}  (baseline) {[round(x) for x in off]}")
+    print(f"{'tracing on, one trace per event':<40}{project:>12,.0f}  (project) {[round(x) for x in on]}")
+    print(f"ratio on/off = {project / baseline:.2f}; {n:,} events x {rounds} rounds; "
+          f"{exported:,} spans exported")
+    print(json.dumps({"bench": "tracing_overhead", "metric": "events_per_s",
+                      "baseline": round(baseline), "project": round(project),
+                      "ratio": round(project / baseline, 3), "unit": "events/s", "events": n,
+                      "rounds": rounds, "batch": BATCH, "spans_exported": exported,
+                      "off_runs": [round(x) for x in off], "on_runs": [round(x) for x in on]}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
