@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -43,7 +44,7 @@ def _wanted_by_env(env: dict[str, str] | os._Environ = os.environ) -> bool:
 
 
 def configure(exporter: Any = None, *, service_name: str | None = None,
-              simple: bool = False) -> bool:
+              simple: bool = False, sampler: Any = None) -> bool:
     """Turn tracing on with ``exporter`` (tests pass an in-memory one), or from OTEL_* env.
 
     Returns whether tracing is on. Safe to call more than once: the last call wins."""
@@ -60,7 +61,8 @@ def configure(exporter: Any = None, *, service_name: str | None = None,
         if exporter is None:
             return ENABLED
     attrs = {"service.name": service_name} if service_name else {}
-    provider = TracerProvider(resource=Resource.create(attrs))
+    provider = TracerProvider(resource=Resource.create(attrs), sampler=sampler,  # None: env
+                              id_generator=_RequestTraceIds())
     provider.add_span_processor(SimpleSpanProcessor(exporter) if simple
                                 else BatchSpanProcessor(exporter))
     shutdown()
@@ -69,6 +71,24 @@ def configure(exporter: Any = None, *, service_name: str | None = None,
     _propagator = TraceContextTextMapPropagator()
     ENABLED = True
     return True
+
+
+_root_trace_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "ragstream_root_trace_id", default=None)
+
+
+def _RequestTraceIds() -> Any:  # noqa: N802 - a class, built lazily so OTel loads only when on
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    class RequestTraceIds(RandomIdGenerator):
+        """Random ids, except a root span's trace id when the gateway names one (its request
+        id's), so that the trace id stays the request's whether tracing is on or off."""
+
+        def generate_trace_id(self) -> int:
+            wanted = _root_trace_id.get()
+            return wanted if wanted is not None else super().generate_trace_id()
+
+    return RequestTraceIds()
 
 
 def _exporter_from_env() -> Any:
@@ -144,12 +164,23 @@ def _trace_id(traceparent: bytes | str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def server_span(name: str, traceparent: str | None, **attributes: Any) -> Iterator[Any]:
-    """The gateway's span for one request, a child of the caller's (or the request id's) trace."""
+def server_span(name: str, traceparent: str | None, trace_id: str | None = None,
+                **attributes: Any) -> Iterator[Any]:
+    """The gateway's span for one request: a child of the caller's ``traceparent``, else a root
+    span whose trace id is ``trace_id`` (32 hex digits). A root is sampled by the configured
+    sampler (OTEL_TRACES_SAMPLER), and its decision travels downstream in the flags."""
+    from opentelemetry import trace
     from opentelemetry.trace import SpanKind
 
-    with _tracer.start_as_current_span(name, context=context_from(traceparent),
-                                       kind=SpanKind.SERVER, attributes=attributes) as span:
+    parent = context_from(traceparent)
+    has_parent = parent is not None and trace.get_current_span(parent).get_span_context().is_valid
+    token = _root_trace_id.set(int(trace_id, 16) if trace_id and not has_parent else None)
+    try:  # the id generator runs inside start_span
+        span = _tracer.start_span(name, context=parent if has_parent else None,
+                                  kind=SpanKind.SERVER, attributes=attributes)
+    finally:
+        _root_trace_id.reset(token)
+    with trace.use_span(span, end_on_exit=True):
         yield span
 
 

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from producers.events import document_upserted
-from producers.gateway.app import create_app
+from producers.gateway.app import create_app, traceparent_for
 from producers.gateway.auth import new_key
 from producers.publisher import Publisher
 from ragstream import tracing
@@ -84,6 +84,9 @@ async def test_one_trace_holds_gateway_publish_worker_and_result(exporter, setti
         SpanKind.SERVER, SpanKind.PRODUCER, SpanKind.CONSUMER, SpanKind.PRODUCER]
     # one trace, and each span the child of the one before it
     trace_id = gateway.context.trace_id
+    # the gateway span is the root, and the trace id is the request id's, as with tracing off
+    assert gateway.parent is None
+    assert f"{trace_id:032x}" == traceparent_for(r.headers["x-request-id"]).split("-")[1]
     assert {s.context.trace_id for s in (publish, process, result)} == {trace_id}
     assert publish.parent.span_id == gateway.context.span_id
     assert process.parent.span_id == publish.context.span_id
@@ -100,6 +103,38 @@ async def test_one_trace_holds_gateway_publish_worker_and_result(exporter, setti
     assert tracing.header(receipts["doc-untraced"].headers) is None
     # and the envelopes keep the trace id for logs, tracing on or off
     assert json.loads(receipt.value)["traceparent"].split("-")[1] == f"{trace_id:032x}"
+
+
+async def test_an_unsampled_request_records_nothing_downstream(settings, topics, tmp_path):
+    """Sampling is decided once, at the gateway's root span; the flags carry it to the workers."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    exporter = InMemorySpanExporter()
+    tracing.configure(exporter, simple=True, sampler=ParentBased(TraceIdRatioBased(0.0)))
+    try:
+        key, entry = new_key("tracer", ["publish"], 1000.0, 1000)
+        keys_file = tmp_path / "keys.json"
+        keys_file.write_text(json.dumps([entry.model_dump()]))
+        app = create_app(settings.model_copy(update={"api_keys_file": keys_file}))
+        async with running(EchoWorker(), settings), app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://gw") as client:
+                r = await client.put("/v1/documents/doc-s", json={"text": "hi", "version": 1},
+                                     headers={"Authorization": f"Bearer {key}",
+                                              "X-Request-ID": "req-unsampled"})
+                assert r.status_code == 202, r.text
+
+            async def receipt() -> list:
+                return await read_topic(settings, "echo.v1", timeout=0.5)
+
+            await eventually(receipt, 30, message="the echo receipt")
+        [doc] = await read_topic(settings, "documents.v1")
+        header = _traceparent(doc.headers)
+        assert header.split("-")[1] == traceparent_for("req-unsampled").split("-")[1]
+        assert int(header.split("-")[3], 16) & 1 == 0, header  # not sampled, and says so
+        assert exporter.get_finished_spans() == ()
+    finally:
+        tracing.shutdown()
 
 
 async def test_tracing_off_by_default_leaves_headers_alone(settings, topics):

@@ -291,9 +291,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             response = JSONResponse({"detail": "a Content-Length header is required"},
                                     status_code=411)
         elif tracing.ENABLED:  # a caller's traceparent is the parent; else the request id's trace
-            parent = request.headers.get("traceparent") or traceparent_for(request.state.request_id)
-            with tracing.server_span(f"gateway {request.method} {request.url.path}", parent,
-                                     **{"http.request.method": request.method}) as span:
+            with tracing.server_span(
+                    f"gateway {request.method} {request.url.path}",
+                    request.headers.get("traceparent"),
+                    traceparent_for(request.state.request_id).split("-")[1],
+                    **{"http.request.method": request.method}) as span:
                 request.state.traceparent = tracing.traceparent_of(span)
                 response = await call_next(request)
                 span.set_attribute("http.response.status_code", response.status_code)
