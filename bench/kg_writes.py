@@ -2,8 +2,10 @@
 
 Both write the entities and mentions of the same Reuters documents (recognised and resolved once,
 up front) into fresh graphs on an embedded FalkorDB started here:
-- project: GraphStore.apply, one ``UNWIND $rows`` query per consumed batch, with co-occurrence
-  edges off so both paths do the same work (the full path is reported beside it);
+- project: GraphStore.apply, one query per consumed batch (the batch's documents, entities,
+  mentions and co-occurrence weight changes aggregated by the store, each written by one UNWIND),
+  with co-occurrence edges off so both paths do the same work (the full path is reported beside
+  it);
 - baseline: the seed document's way, one MERGE query per entity and mention (parameterised here,
   where the seed formatted names into the query text).
 Reports entities/s for each and the ratio project/baseline.

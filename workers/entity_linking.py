@@ -39,15 +39,16 @@ class GraphWrite:
 
 
 class GraphSink(Sink):
-    """One APPLY query for the whole batch, then the idempotent tidy-up (zero-weight edges,
-    orphans). The tidy-up also runs for replays, so a crash between the two heals itself."""
+    """One APPLY query for the whole batch (it also drops the edges whose weight fell to zero),
+    then the idempotent tidy-up: orphans by policy, and for replays the zero-weight edges too,
+    so a crash between the two heals itself."""
 
     def __init__(self, store: GraphStore):
         self.store = store
 
     async def flush(self, items: list[GraphWrite]) -> None:
         await self.store.apply([i.change for i in items if i.change is not None])
-        await self.store.tidy([p for i in items for p in i.dropped_pairs],
+        await self.store.tidy([p for i in items if i.change is None for p in i.dropped_pairs],
                               [e for i in items for e in i.dropped_entities])
 
 

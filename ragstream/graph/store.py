@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ragstream.graph import cypher
 from ragstream.graph.backends import CypherBackend
-from ragstream.graph.model import DocState, DocumentChange, GazetteerEntry, LinkedEntity
+from ragstream.graph.model import DocState, DocumentChange, GazetteerEntry
 
 OrphanPolicy = Literal["keep", "prune"]
 
@@ -48,15 +49,14 @@ class GraphStore:
                 for doc, version, deleted, ents, co, prev, prev_co in rows}
 
     async def apply(self, changes: list[DocumentChange]) -> None:
-        """Apply every change in one query; raise ``GraphConflict`` if any found its document
-        moved on since it was read (nothing of that row is written)."""
+        """Apply every change in one query, all or nothing: raise ``GraphConflict`` (and write
+        nothing) if any document moved on since it was read."""
         if not changes:
             return
-        applied = {row[0] for row in await self.backend.write(
-            cypher.APPLY_DOCUMENTS, {"rows": [_row(c) for c in changes]})}
-        missed = [c.doc_id for c in changes if c.doc_id not in applied]
-        if missed:
-            raise GraphConflict(f"documents changed concurrently: {missed[:5]}")
+        rows = await self.backend.write(cypher.APPLY_DOCUMENTS, apply_params(changes))
+        conflicts = rows[0][0] if rows else [c.doc_id for c in changes]
+        if conflicts:
+            raise GraphConflict(f"documents changed concurrently: {sorted(conflicts)[:5]}")
 
     async def tidy(self, pairs: Iterable[tuple[str, str]], entity_ids: Iterable[str]) -> None:
         """Drop co-occurrence edges whose weight fell to zero and, by policy, entities no
@@ -116,22 +116,47 @@ class GraphStore:
         return [tuple(r) for r in await self.backend.read(cypher.READ_COOCCURRENCE, {})]
 
 
-def _row(change: DocumentChange) -> dict[str, Any]:
-    base = change.base
-    return {
-        "doc": change.doc_id,
-        "version": change.version,
-        "deleted": change.deleted,
-        "base_version": base.version if base else -1,
-        "base_deleted": base.deleted if base else False,
-        "entities": [_entity(e) for e in change.entities],
-        "cooccurring": list(change.cooccurring),
-        "old_pairs": [list(p) for p in change.old_pairs],
-        "new_pairs": [list(p) for p in change.new_pairs],
-    }
+def apply_params(changes: list[DocumentChange]) -> dict[str, Any]:
+    """The parameters of APPLY_DOCUMENTS: what the batch does, aggregated here so the query does
+    each piece of work once: one row per entity (its surfaces over the whole batch, the first
+    mention's name, type and context) and one net weight change per co-occurrence pair."""
+    docs, mentions = [], []
+    entities: dict[str, dict[str, Any]] = {}
+    surfaces: dict[str, set[str]] = {}
+    weights: Counter[tuple[str, str]] = Counter()
+    seen: set[str] = set()
+    for c in changes:
+        if c.doc_id in seen:
+            raise ValueError(f"document {c.doc_id!r} twice in one batch: apply its newest change")
+        seen.add(c.doc_id)
+        base = c.base
+        docs.append({"doc": c.doc_id, "version": c.version, "deleted": c.deleted,
+                     "base_version": base.version if base else -1,
+                     "base_deleted": base.deleted if base else False,
+                     "entities": [e.id for e in c.entities], "cooccurring": list(c.cooccurring)})
+        for pair in c.old_pairs:
+            weights[pair] -= 1
+        for pair in c.new_pairs:
+            weights[pair] += 1
+        for e in c.entities:
+            forms = [text(s) for s in e.surfaces]
+            mentions.append({"doc": c.doc_id, "id": e.id, "count": e.count,
+                             "spans": [f"{s}:{t}" for s, t in e.spans], "surfaces": forms,
+                             "method": e.method, "score": e.score})
+            if e.id not in entities:
+                entities[e.id] = {"id": e.id, "name": text(e.name), "type": e.type,
+                                  "context": text(e.context)}
+                surfaces[e.id] = set(forms)
+            else:
+                surfaces[e.id].update(forms)
+    for id_, row in entities.items():
+        row["surfaces"] = sorted(surfaces[id_])
+    return {"docs": docs, "entities": list(entities.values()), "mentions": mentions,
+            "pairs": [[a, b, n] for (a, b), n in sorted(weights.items()) if n]}
 
 
-def _entity(e: LinkedEntity) -> dict[str, Any]:
-    return {"id": e.id, "name": e.name, "type": e.type, "surfaces": list(e.surfaces),
-            "spans": [f"{s}:{t}" for s, t in e.spans], "count": e.count, "method": e.method,
-            "score": e.score, "context": e.context}
+def text(value: str) -> str:
+    """Free text as the graph stores it: NUL, which FalkorDB rejects in any string, becomes
+    U+FFFD (the replacement character), deliberately and on both backends, so one stray byte
+    cannot fail a whole batch and the graphs of the two backends stay the same."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
