@@ -6,6 +6,7 @@ raises ``SinkUnavailable`` or a ``ConnectionError``, which the runtime turns int
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Protocol
 
@@ -35,21 +36,41 @@ class CypherBackend(Protocol):
 
 class FalkorBackend:
     """One named graph on a FalkorDB server (Redis with the graph module), through the asyncio
-    client. Connection errors are redis ConnectionErrors: backpressure for the runtime. The client
-    probes the server (cluster or not) when it is built, so building one needs the server up."""
+    client. Connection errors are redis ConnectionErrors: backpressure for the runtime.
+
+    The client probes the server (cluster or not, synchronously) when it is built, so it is built
+    on first use, off the event loop: a worker starts while FalkorDB is down, and its first
+    batches meet ``SinkUnavailable`` (backpressure) until the server is back."""
 
     dialect = FALKORDB
 
     def __init__(self, url: str, graph: str, timeout_s: float = 30.0):
-        from falkordb.asyncio import FalkorDB
-
         self.graph_name = graph
-        self._db = FalkorDB.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=5)
-        self._graph = self._db.select_graph(graph)
+        self._url, self._timeout_s = url, timeout_s
+        self._db = None
+        self._graph_handle = None
+        self._connecting = asyncio.Lock()
+
+    async def _graph(self):
+        if self._graph_handle is None:
+            async with self._connecting:
+                if self._graph_handle is None:
+                    from falkordb.asyncio import FalkorDB
+
+                    try:
+                        db = await asyncio.to_thread(
+                            FalkorDB.from_url, self._url, socket_timeout=self._timeout_s,
+                            socket_connect_timeout=5)
+                    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                            OSError) as exc:
+                        raise SinkUnavailable(f"falkordb unreachable: {exc}") from exc
+                    self._db, self._graph_handle = db, db.select_graph(self.graph_name)
+        return self._graph_handle
 
     async def ensure_schema(self) -> None:
+        graph = await self._graph()
         for statement in FALKORDB_INDEXES:
-            await self._ignore_existing(self._graph.query(statement))
+            await self._ignore_existing(graph.query(statement))
         for label in UNIQUE_LABELS:
             await self._ignore_existing(self._db.connection.execute_command(
                 "GRAPH.CONSTRAINT", "CREATE", self.graph_name, "UNIQUE", "NODE", label,
@@ -64,13 +85,13 @@ class FalkorBackend:
                 raise
 
     async def write(self, query: str, params: dict[str, Any]) -> Rows:
-        return (await self._graph.query(query, params)).result_set
+        return (await (await self._graph()).query(query, params)).result_set
 
     async def read(self, query: str, params: dict[str, Any]) -> Rows:
-        return (await self._graph.ro_query(query, params)).result_set
+        return (await (await self._graph()).ro_query(query, params)).result_set
 
     async def delete_graph(self) -> None:
-        await self._ignore_missing(self._graph.delete())
+        await self._ignore_missing((await self._graph()).delete())
 
     @staticmethod
     async def _ignore_missing(call) -> None:
@@ -81,7 +102,8 @@ class FalkorBackend:
                 raise
 
     async def close(self) -> None:
-        await self._db.connection.aclose()
+        if self._db is not None:
+            await self._db.connection.aclose()
 
 
 class Neo4jBackend:

@@ -33,9 +33,25 @@ class GraphStore:
     def __init__(self, backend: CypherBackend, orphans: OrphanPolicy = "keep"):
         self.backend = backend
         self.orphans = orphans
+        self._schema_ready = False
 
     async def setup(self) -> None:
+        """Create the constraints. Every write does it first if it has not been done, so a store
+        can be built while the server is down (the first writes then wait: backpressure)."""
         await self.backend.ensure_schema()
+        self._schema_ready = True
+
+    async def _ready(self) -> None:
+        if not self._schema_ready:
+            await self.setup()
+
+    async def _read(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        await self._ready()
+        return await self.backend.read(query, params)
+
+    async def _write(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        await self._ready()
+        return await self.backend.write(query, params)
 
     async def close(self) -> None:
         await self.backend.close()
@@ -43,7 +59,7 @@ class GraphStore:
     # documents ----------------------------------------------------------------------------------
 
     async def document_states(self, doc_ids: Iterable[str]) -> dict[str, DocState]:
-        rows = await self.backend.read(cypher.READ_DOCUMENTS, {"ids": sorted(set(doc_ids))})
+        rows = await self._read(cypher.READ_DOCUMENTS, {"ids": sorted(set(doc_ids))})
         return {doc: DocState(version, deleted, tuple(ents or ()), tuple(co or ()),
                               tuple(prev or ()), tuple(prev_co or ()))
                 for doc, version, deleted, ents, co, prev, prev_co in rows}
@@ -53,7 +69,7 @@ class GraphStore:
         nothing) if any document moved on since it was read."""
         if not changes:
             return
-        rows = await self.backend.write(cypher.APPLY_DOCUMENTS, apply_params(changes))
+        rows = await self._write(cypher.APPLY_DOCUMENTS, apply_params(changes))
         conflicts = rows[0][0] if rows else [c.doc_id for c in changes]
         if conflicts:
             raise GraphConflict(f"documents changed concurrently: {sorted(conflicts)[:5]}")
@@ -63,57 +79,57 @@ class GraphStore:
         document mentions any more. Idempotent: safe to run again after a crash."""
         pair_rows = sorted({tuple(p) for p in pairs})
         if pair_rows:
-            await self.backend.write(cypher.DROP_EMPTY_EDGES, {"pairs": [list(p) for p in pair_rows]})
+            await self._write(cypher.DROP_EMPTY_EDGES, {"pairs": [list(p) for p in pair_rows]})
         ids = sorted(set(entity_ids))
         if self.orphans == "prune" and ids:
-            await self.backend.write(cypher.PRUNE_ORPHANS, {"ids": ids})
+            await self._write(cypher.PRUNE_ORPHANS, {"ids": ids})
 
     # gazetteer ----------------------------------------------------------------------------------
 
     async def gazetteer(self, min_docs: int, limit: int) -> list[GazetteerEntry]:
-        rows = await self.backend.read(cypher.READ_GAZETTEER,
+        rows = await self._read(cypher.READ_GAZETTEER,
                                        {"min_docs": min_docs, "limit": limit})
         return [GazetteerEntry(id_, name, type_, tuple(aliases or ()),
                                tuple(vector) if vector is not None else None)
                 for id_, name, type_, aliases, vector in rows]
 
     async def gazetteer_version(self) -> int:
-        rows = await self.backend.read(cypher.READ_GAZETTEER_VERSION, {})
+        rows = await self._read(cypher.READ_GAZETTEER_VERSION, {})
         return rows[0][0] if rows else 0
 
     async def bump_gazetteer_version(self) -> int:
-        return (await self.backend.write(cypher.BUMP_GAZETTEER_VERSION, {}))[0][0]
+        return (await self._write(cypher.BUMP_GAZETTEER_VERSION, {}))[0][0]
 
     async def entities_without_embedding(self, limit: int) -> list[tuple[str, str, str]]:
-        rows = await self.backend.read(cypher.ENTITIES_WITHOUT_EMBEDDING, {"limit": limit})
+        rows = await self._read(cypher.ENTITIES_WITHOUT_EMBEDDING, {"limit": limit})
         return [(id_, name, context or "") for id_, name, context in rows]
 
     async def set_embeddings(self, vectors: dict[str, list[float]]) -> None:
-        await self.backend.write(self.backend.dialect.set_embeddings,
+        await self._write(self.backend.dialect.set_embeddings,
                                  {"rows": [{"id": k, "vector": v} for k, v in vectors.items()]})
 
     # inspection ---------------------------------------------------------------------------------
 
     async def links(self, entity_id: str) -> list[dict[str, Any]]:
         """How each document's mentions were linked to an entity: the merge audit trail."""
-        rows = await self.backend.read(cypher.READ_LINKS, {"id": entity_id})
+        rows = await self._read(cypher.READ_LINKS, {"id": entity_id})
         return [{"doc": d, "surfaces": s, "method": m, "score": sc, "spans": sp}
                 for d, s, m, sc, sp in rows]
 
     async def mentions(self, doc_ids: Iterable[str]) -> list[tuple[str, str, list[str]]]:
         """(document, entity, spans) for every mention of the given documents."""
-        rows = await self.backend.read(cypher.READ_MENTIONS, {"ids": sorted(set(doc_ids))})
+        rows = await self._read(cypher.READ_MENTIONS, {"ids": sorted(set(doc_ids))})
         return [(d, e, list(spans)) for d, e, spans in rows]
 
     async def counts(self) -> GraphCounts:
-        nodes = {label: n for label, n in await self.backend.read(cypher.COUNT_NODES, {})}
+        nodes = {label: n for label, n in await self._read(cypher.COUNT_NODES, {})}
         edges, weights = {}, {}
-        for rel, n, weight in await self.backend.read(cypher.COUNT_EDGES, {}):
+        for rel, n, weight in await self._read(cypher.COUNT_EDGES, {}):
             edges[rel], weights[rel] = n, weight
         return GraphCounts(nodes, edges, weights)
 
     async def cooccurrence(self) -> list[tuple[str, str, int]]:
-        return [tuple(r) for r in await self.backend.read(cypher.READ_COOCCURRENCE, {})]
+        return [tuple(r) for r in await self._read(cypher.READ_COOCCURRENCE, {})]
 
 
 def apply_params(changes: list[DocumentChange]) -> dict[str, Any]:
