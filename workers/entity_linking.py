@@ -151,7 +151,7 @@ class EntityLinkingWorker(Worker):
             return
         entries = await self.store.gazetteer(self.kg.gazetteer_min_docs,
                                              self.kg.gazetteer_max_entities)
-        gazetteer = Gazetteer(entries, version)
+        gazetteer = Gazetteer(entries, version, await self.store.blocked_merges())
         await asyncio.to_thread(self.recogniser.use_gazetteer, gazetteer.patterns())
         self.resolver.gazetteer = gazetteer
         log.info("gazetteer loaded", extra={"version": version, "entities": len(entries)})

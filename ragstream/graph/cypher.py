@@ -51,7 +51,7 @@ CALL {
   MATCH (d:Document {id: m.doc})
   MATCH (x:Entity {id: m.id})
   CREATE (d)-[:MENTIONS {count: m.count, spans: m.spans, surfaces: m.surfaces,
-                         method: m.method, score: m.score}]->(x)
+                         method: m.method, score: m.score, merged: m.merged}]->(x)
 }
 CALL {
   WITH conflicts
@@ -139,4 +139,43 @@ READ_COOCCURRENCE = """
 MATCH (a:Entity)-[c:CO_OCCURS]->(b:Entity)
 RETURN a.id, b.id, c.weight
 ORDER BY a.id, b.id
+"""
+
+# Merges: the audit trail and its undo ------------------------------------------------------------
+
+# Every mention edge of one document, as the store needs it to rebuild the document's links.
+READ_DOCUMENT_LINKS = """
+MATCH (:Document {id: $doc})-[m:MENTIONS]->(e:Entity)
+RETURN e.id, e.name, e.type, m.surfaces, m.spans, m.method, m.score, m.merged, e.context
+ORDER BY e.id
+"""
+
+# The mention edges that hold a merge: mentions linked from another name.
+READ_MERGES = """
+MATCH (d:Document)-[m:MENTIONS]->(e:Entity)
+WHERE size(coalesce(m.merged, [])) > 0
+RETURN d.id, e.id, e.name, m.method, m.score, m.merged
+ORDER BY d.id, e.id
+LIMIT $limit
+"""
+
+# An undone merge, kept so that no later resolution makes it again.
+RECORD_UNMERGES = """
+UNWIND $rows AS r
+MERGE (u:Unmerge {id: r.id})
+ON CREATE SET u.own = r.own, u.entity = r.entity, u.doc = r.doc, u.surface = r.surface
+"""
+
+READ_UNMERGES = """
+MATCH (u:Unmerge)
+RETURN u.own, u.entity, u.doc, u.surface
+ORDER BY u.id
+"""
+
+# Surfaces that left an entity stop being its aliases, unless another mention still uses them.
+DROP_ALIASES = """
+MATCH (e:Entity {id: $id})
+OPTIONAL MATCH (e)<-[m:MENTIONS]-(:Document)
+WITH e, collect(m.surfaces) AS used
+SET e.aliases = [a IN e.aliases WHERE NOT a IN $surfaces OR any(s IN used WHERE a IN s)]
 """

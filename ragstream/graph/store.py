@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from ragstream.graph import cypher
 from ragstream.graph.backends import CypherBackend
-from ragstream.graph.model import DocState, DocumentChange, GazetteerEntry
+from ragstream.graph.model import (
+    DocState, DocumentChange, GazetteerEntry, LinkedEntity, cooccurring,
+)
 
 OrphanPolicy = Literal["keep", "prune"]
 
@@ -108,6 +110,84 @@ class GraphStore:
         await self._write(self.backend.dialect.set_embeddings,
                                  {"rows": [{"id": k, "vector": v} for k, v in vectors.items()]})
 
+    # merges: audit and undo ---------------------------------------------------------------------
+
+    async def merges(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Mention edges that hold a merge: which mentions were linked from another name."""
+        rows = await self._read(cypher.READ_MERGES, {"limit": limit})
+        return [{"doc": d, "entity": e, "name": n, "method": m, "score": sc,
+                 "merged": [_merged(x) for x in merged]}
+                for d, e, n, m, sc, merged in rows]
+
+    async def unmerges(self) -> list[dict[str, str]]:
+        return [{"own": o, "entity": e, "doc": d, "surface": s}
+                for o, e, d, s in await self._read(cypher.READ_UNMERGES, {})]
+
+    async def blocked_merges(self) -> frozenset[tuple[str, str]]:
+        """(own id, entity id) pairs that resolution must not link again."""
+        return frozenset((u["own"], u["entity"]) for u in await self.unmerges())
+
+    async def unmerge(self, doc_id: str, entity_id: str, surface: str | None = None,
+                      max_cooccurring: int = 50) -> dict[str, Any]:
+        """Undo a merge in one document: its mentions of ``entity_id`` that came from another
+        name (all of them, or those written ``surface``) go to the entity each would have been
+        on its own. The document is rewritten by the same guarded query as a worker's write, so
+        mentions, its entity lists and co-occurrence weights stay consistent; the undo is
+        recorded, and the gazetteer version bumped, so workers reload it and never make that
+        merge again. Raises ``LookupError`` if there is nothing to undo."""
+        from ragstream.nlp.aliases import canonical_key
+        from ragstream.nlp.normalise import entity_id as own_id_of, normalise
+
+        state = (await self.document_states([doc_id])).get(doc_id)
+        if state is None or state.deleted:
+            raise LookupError(f"no live document {doc_id!r}")
+        links = {row[0]: _linked_from_row(row)
+                 for row in await self._read(cypher.READ_DOCUMENT_LINKS, {"doc": doc_id})}
+        target = links.get(entity_id)
+        if target is None:
+            raise LookupError(f"document {doc_id!r} does not mention {entity_id!r}")
+        moving = [m for m in map(_merged, target.merged)
+                  if surface is None or m["surface"] == surface]
+        if not moving:
+            raise LookupError(f"nothing in {doc_id!r} was merged into {entity_id!r}"
+                              + (f" as {surface!r}" if surface else ""))
+        groups: dict[str, list[dict]] = {}
+        for m in moving:
+            own = own_id_of(m["cls"], canonical_key(m["cls"], normalise(m["surface"], m["cls"])))
+            groups.setdefault(own, []).append(m)
+        moved_spans = {(m["start"], m["end"]) for m in moving}
+        moved_surfaces = {m["surface"] for m in moving}
+        remaining = tuple(s for s in target.spans if s not in moved_spans)
+        if remaining:
+            links[entity_id] = replace(
+                target, spans=remaining,
+                surfaces=tuple(s for s in target.surfaces if s not in moved_surfaces),
+                merged=tuple(x for x in target.merged if _merged(x) not in moving))
+        else:
+            del links[entity_id]
+        for own, ms in groups.items():
+            spans = tuple(sorted({(m["start"], m["end"]) for m in ms}))
+            forms = tuple(sorted({m["surface"] for m in ms}))
+            if own in links:
+                have = links[own]
+                links[own] = replace(have, spans=tuple(sorted(set(have.spans) | set(spans))),
+                                     surfaces=tuple(sorted(set(have.surfaces) | set(forms))))
+            else:
+                links[own] = LinkedEntity(own, ms[0]["surface"], ms[0]["cls"], forms, spans,
+                                          method="unmerged")
+        entities = tuple(links[k] for k in sorted(links))
+        change = DocumentChange(doc_id, state.version, False, state, entities,
+                                cooccurring(entities, max_cooccurring))
+        await self.apply([change])
+        await self._write(cypher.RECORD_UNMERGES, {"rows": [
+            {"id": f"{own}\x1f{entity_id}", "own": own, "entity": entity_id, "doc": doc_id,
+             "surface": ms[0]["surface"]} for own, ms in sorted(groups.items())]})
+        await self._write(cypher.DROP_ALIASES, {"id": entity_id, "surfaces": sorted(moved_surfaces)})
+        await self.tidy((), [] if remaining else [entity_id])
+        await self.bump_gazetteer_version()
+        return {"doc": doc_id, "from": entity_id, "to": sorted(groups),
+                "mentions": len(moved_spans), "surfaces": sorted(moved_surfaces)}
+
     # inspection ---------------------------------------------------------------------------------
 
     async def links(self, entity_id: str) -> list[dict[str, Any]]:
@@ -158,7 +238,8 @@ def apply_params(changes: list[DocumentChange]) -> dict[str, Any]:
             forms = [text(s) for s in e.surfaces]
             mentions.append({"doc": c.doc_id, "id": e.id, "count": e.count,
                              "spans": [f"{s}:{t}" for s, t in e.spans], "surfaces": forms,
-                             "method": e.method, "score": e.score})
+                             "method": e.method, "score": e.score,
+                             "merged": [text(x) for x in e.merged]})
             if e.id not in entities:
                 entities[e.id] = {"id": e.id, "name": text(e.name), "type": e.type,
                                   "context": text(e.context)}
@@ -176,3 +257,16 @@ def text(value: str) -> str:
     U+FFFD (the replacement character), deliberately and on both backends, so one stray byte
     cannot fail a whole batch and the graphs of the two backends stay the same."""
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _merged(entry: str) -> dict[str, Any]:
+    """"start:end:class:surface" (see LinkedEntity.merged) as a dict."""
+    start, end, cls, surface = entry.split(":", 3)
+    return {"start": int(start), "end": int(end), "cls": cls, "surface": surface}
+
+
+def _linked_from_row(row: list[Any]) -> LinkedEntity:
+    id_, name, type_, surfaces, spans, method, score, merged, context = row
+    return LinkedEntity(id_, name, type_, tuple(surfaces or ()),
+                        tuple(tuple(map(int, s.split(":"))) for s in spans or ()),
+                        method or "exact", score, context or "", tuple(merged or ()))

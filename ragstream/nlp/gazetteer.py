@@ -12,8 +12,11 @@ from ragstream.nlp.normalise import normalise
 
 
 class Gazetteer:
-    def __init__(self, entries: list[GazetteerEntry] = (), version: int = 0):
+    def __init__(self, entries: list[GazetteerEntry] = (), version: int = 0,
+                 blocked: frozenset[tuple[str, str]] = frozenset()):
         self.version = version
+        # (own id, entity id): merges undone by hand, never to be made again
+        self.blocked = frozenset(blocked)
         self.entries = {e.id: e for e in entries}
         self._by_key: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._by_name_part: dict[str, set[str]] = defaultdict(set)

@@ -17,8 +17,10 @@ Per document, in order:
    the threshold;
 5. otherwise it is a new entity whose id derives from its key.
 
-Every link other than "exact" is recorded on the MENTIONS edge (method, score, surfaces) and the
-surfaces join the entity's aliases, so a merge can be audited and undone.
+Every link other than "exact" is recorded on the MENTIONS edge (method, score, surfaces, and
+``merged``: each mention that would have been another entity on its own), and the surfaces join
+the entity's aliases, so a merge can be audited and undone (``GraphStore.unmerge``). An undone
+merge is in the gazetteer's ``blocked`` pairs, which every later resolution respects.
 Resolution depends only on the document and the gazetteer snapshot, never on the order in which
 documents arrive, so a replay or a restarted worker builds the same graph.
 """
@@ -50,6 +52,8 @@ class _Cluster:
     method: str = "exact"
     score: float | None = None
     candidates: list[str] = field(default_factory=list)  # awaiting disambiguation
+    # each mention's own (class, key): the entity it would be alone, to record merges
+    own: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
 
     @property
     def tokens(self) -> list[str]:
@@ -77,18 +81,20 @@ class Resolver:
     def _cluster(self, mentions: list[Mention]) -> list[_Cluster]:
         cls_of = _majority_class(mentions)
         clusters: dict[tuple[str, str], _Cluster] = {}
+        blocked = self.gazetteer.blocked
         for m in mentions:
+            cls = cls_of[_surface_key(m.text)]
+            key = canonical_key(cls, normalise(m.text, cls))
             entry = self.gazetteer.entries.get(m.ent_id) if m.ent_id else None
-            if entry is not None:
+            if entry is not None and (entity_id(cls, key), entry.id) not in blocked:
                 c = clusters.setdefault(("@", entry.id), _Cluster(
                     entry.type, normalise(entry.name, entry.type), id=entry.id, name=entry.name,
                     method="gazetteer"))
             else:
-                cls = cls_of[_surface_key(m.text)]
-                key = canonical_key(cls, normalise(m.text, cls))
                 c = clusters.setdefault((cls, key), _Cluster(cls, key))
             c.mentions.append(m)
-        merged = _merge_within_document(list(clusters.values()))
+            c.own[(m.start, m.end)] = (cls, key)
+        merged = _merge_within_document(list(clusters.values()), blocked)
         for c in merged:
             if not c.id:
                 self._link_to_gazetteer(c)
@@ -96,7 +102,8 @@ class Resolver:
 
     def _link_to_gazetteer(self, c: _Cluster) -> None:
         own = entity_id(c.cls, c.key)
-        known = self.gazetteer.exact(c.cls, c.key)
+        blocked = self.gazetteer.blocked
+        known = [x for x in self.gazetteer.exact(c.cls, c.key) if (own, x) not in blocked]
         if len(known) == 1:
             c.id, c.method = known[0], ("exact" if known[0] == own else "alias")
             c.name = self.gazetteer.entries[known[0]].name
@@ -105,7 +112,7 @@ class Resolver:
         if len(known) > 1:
             c.candidates = known
         elif c.cls == "PER" and len(c.tokens) == 1:
-            c.candidates = self.gazetteer.name_part(c.key)
+            c.candidates = [x for x in self.gazetteer.name_part(c.key) if (own, x) not in blocked]
 
     def _disambiguate(self, pending: list[_Cluster]) -> None:
         usable = [c for c in pending
@@ -132,11 +139,16 @@ class Resolver:
             head = min(group, key=lambda c: (c.method != "exact", c.mentions[0].start))
             mentions = [m for c in group for m in c.mentions]
             first = min(mentions, key=lambda m: m.start)
+            own = {span: cls_key for c in group for span, cls_key in c.own.items()}
+            merged = sorted({f"{m.start}:{m.end}:{cls}:{m.text}" for m in mentions
+                             for cls, key in [own[(m.start, m.end)]]
+                             if entity_id(cls, key) != id_})
             out.append(LinkedEntity(
                 id=id_, name=head.name, type=head.cls,
                 surfaces=tuple(sorted({m.text for m in mentions})),
                 spans=tuple(sorted({(m.start, m.end) for m in mentions})),
-                method=head.method, score=head.score, context=first.context))
+                method=head.method, score=head.score, context=first.context,
+                merged=tuple(merged)))
         return tuple(out)
 
 
@@ -154,7 +166,8 @@ def _majority_class(mentions: list[Mention]) -> dict[str, str]:
     return {k: min(c, key=lambda cls: (-c[cls], first_seen[(k, cls)])) for k, c in votes.items()}
 
 
-def _merge_within_document(clusters: list[_Cluster]) -> list[_Cluster]:
+def _merge_within_document(clusters: list[_Cluster],
+                           blocked: frozenset[tuple[str, str]] = frozenset()) -> list[_Cluster]:
     """Fold each short form into the one longer name of the document it fits (see ``_fits``).
 
     Longest names first, so a chain folds step by step ("Moody's Investors" into "Moody's
@@ -163,14 +176,21 @@ def _merge_within_document(clusters: list[_Cluster]) -> list[_Cluster]:
     kept: list[_Cluster] = []
     for c in sorted(clusters, key=_longest_first):
         fits = [o for o in kept if _fits(c, o)] if not c.id else []
+        if len(fits) == 1 and blocked and (entity_id(c.cls, c.key), _would_be(fits[0])) in blocked:
+            fits = []  # this merge was undone: keep them apart
         if len(fits) == 1:
             target = fits[0]
             target.mentions.extend(c.mentions)
+            target.own.update(c.own)
             if target.method == "exact":
                 target.method = "coref"
         else:
             kept.append(c)
     return sorted(kept, key=_first)
+
+
+def _would_be(c: _Cluster) -> str:
+    return c.id or entity_id(c.cls, c.key)
 
 
 def _longest_first(c: _Cluster) -> tuple:
