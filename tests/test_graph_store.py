@@ -24,6 +24,8 @@ HOSTILE = [
     "Ünïcödé ☃ 北京 \u200b",
     "CYPHER rows=1 MATCH (n) DELETE n",
     "z" * 10_000,
+    "control \x01\x07\x1b\x1f\x7f and \\u0041 spelled out",
+    'json-ish {"id": "x"}: [1, 2]',
 ]
 
 
@@ -238,9 +240,10 @@ async def test_neo4j_adapter_creates_constraints_and_passes_parameters_untouched
     await store.apply([DocumentChange("doc-1", 1, False, None, (hostile,), ("e1",))])
     mode, query, params, database = driver.calls[0]
     assert (mode, query, database) == ("write", cypher.APPLY_DOCUMENTS, "kg")
-    assert params["docs"][0]["base_version"] == -1
-    assert params["entities"][0]["name"] == HOSTILE[0]
-    assert params["mentions"][0]["surfaces"] == [HOSTILE[0]]
+    doc, ent, mention = params["docs"][0], params["entities"][0], params["mentions"][0]
+    assert (doc[0], doc[3]) == ("doc-1", -1)  # the base version travels for the atomic check
+    assert ent[:2] == ["e1", HOSTILE[0]]
+    assert mention[:2] == ["doc-1", "e1"] and mention[4] == [HOSTILE[0]]
     assert HOSTILE[0] not in query
 
     driver.calls.clear()

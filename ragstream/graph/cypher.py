@@ -6,8 +6,8 @@ batch is one round trip and each query is atomic on both backends. Dialect diffe
 """
 
 # Apply a whole consumed batch in one query, all or nothing. Every document must still hold the
-# state the worker read (``base_version``, ``base_deleted``): the version check and the write are
-# the same atomic query. If any document moved on, nothing is written and the conflicting ids are
+# state the worker read (base version, base deleted): the version check and the write are the
+# same atomic query. If any document moved on, nothing is written and the conflicting ids are
 # returned (the runtime retries the batch, which re-reads). Otherwise:
 # - each document's version and entity lists are set and its old MENTIONS deleted;
 # - $entities (one row per entity of the batch, aggregated by the store) are merged once each,
@@ -17,21 +17,26 @@ batch is one round trip and each query is atomic on both backends. Dialect diffe
 #   pairs +1, summed by the store, zeros left out); an edge whose weight falls to zero goes.
 # Within one query a property written by one row is not seen by the next (three rows incrementing
 # one pair gave 1, not 3), which is why entities and pairs arrive aggregated, one row each.
+# Rows are positional lists, not maps (half the client's encoding time on FalkorDB); their
+# layout is written once, in store.apply_params:
+#   $docs      [doc, version, deleted, base_version, base_deleted, entity ids, cooccurring ids]
+#   $entities  [id, name, type, context, surfaces]
+#   $mentions  [doc, entity id, count, spans, surfaces, method, score, merged]
+#   $pairs     [smaller id, larger id, weight change]
 APPLY_DOCUMENTS = """
 UNWIND $docs AS r
-OPTIONAL MATCH (d:Document {id: r.doc})
-WITH collect(CASE WHEN coalesce(d.version, -1) = r.base_version
-                       AND coalesce(d.deleted, false) = r.base_deleted
-                  THEN null ELSE r.doc END) AS conflicts
+OPTIONAL MATCH (d:Document {id: r[0]})
+WITH collect(CASE WHEN coalesce(d.version, -1) = r[3] AND coalesce(d.deleted, false) = r[4]
+                  THEN null ELSE r[0] END) AS conflicts
 CALL {
   WITH conflicts
   WITH conflicts WHERE size(conflicts) = 0
   UNWIND $docs AS r
-  MERGE (d:Document {id: r.doc})
-  SET d.version = r.version, d.deleted = r.deleted,
+  MERGE (d:Document {id: r[0]})
+  SET d.version = r[1], d.deleted = r[2],
       d.prev_entities = coalesce(d.entities, []),
       d.prev_cooccurring = coalesce(d.cooccurring, []),
-      d.entities = r.entities, d.cooccurring = r.cooccurring
+      d.entities = r[5], d.cooccurring = r[6]
   WITH d
   OPTIONAL MATCH (d)-[old:MENTIONS]->(:Entity)
   DELETE old
@@ -40,18 +45,18 @@ CALL {
   WITH conflicts
   WITH conflicts WHERE size(conflicts) = 0
   UNWIND $entities AS e
-  MERGE (x:Entity {id: e.id})
-  ON CREATE SET x.name = e.name, x.type = e.type, x.aliases = e.surfaces, x.context = e.context
-  ON MATCH SET x.aliases = x.aliases + [a IN e.surfaces WHERE NOT a IN x.aliases]
+  MERGE (x:Entity {id: e[0]})
+  ON CREATE SET x.name = e[1], x.type = e[2], x.context = e[3], x.aliases = e[4]
+  ON MATCH SET x.aliases = x.aliases + [a IN e[4] WHERE NOT a IN x.aliases]
 }
 CALL {
   WITH conflicts
   WITH conflicts WHERE size(conflicts) = 0
   UNWIND $mentions AS m
-  MATCH (d:Document {id: m.doc})
-  MATCH (x:Entity {id: m.id})
-  CREATE (d)-[:MENTIONS {count: m.count, spans: m.spans, surfaces: m.surfaces,
-                         method: m.method, score: m.score, merged: m.merged}]->(x)
+  MATCH (d:Document {id: m[0]})
+  MATCH (x:Entity {id: m[1]})
+  CREATE (d)-[:MENTIONS {count: m[2], spans: m[3], surfaces: m[4], method: m[5], score: m[6],
+                         merged: m[7]}]->(x)
 }
 CALL {
   WITH conflicts

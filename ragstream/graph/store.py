@@ -215,9 +215,10 @@ class GraphStore:
 def apply_params(changes: list[DocumentChange]) -> dict[str, Any]:
     """The parameters of APPLY_DOCUMENTS: what the batch does, aggregated here so the query does
     each piece of work once: one row per entity (its surfaces over the whole batch, the first
-    mention's name, type and context) and one net weight change per co-occurrence pair."""
+    mention's name, type and context) and one net weight change per co-occurrence pair. Rows are
+    positional lists; their layout is documented beside the query."""
     docs, mentions = [], []
-    entities: dict[str, dict[str, Any]] = {}
+    entities: dict[str, list[Any]] = {}
     surfaces: dict[str, set[str]] = {}
     weights: Counter[tuple[str, str]] = Counter()
     seen: set[str] = set()
@@ -226,28 +227,24 @@ def apply_params(changes: list[DocumentChange]) -> dict[str, Any]:
             raise ValueError(f"document {c.doc_id!r} twice in one batch: apply its newest change")
         seen.add(c.doc_id)
         base = c.base
-        docs.append({"doc": c.doc_id, "version": c.version, "deleted": c.deleted,
-                     "base_version": base.version if base else -1,
-                     "base_deleted": base.deleted if base else False,
-                     "entities": [e.id for e in c.entities], "cooccurring": list(c.cooccurring)})
+        docs.append([c.doc_id, c.version, c.deleted, base.version if base else -1,
+                     base.deleted if base else False, [e.id for e in c.entities],
+                     list(c.cooccurring)])
         for pair in c.old_pairs:
             weights[pair] -= 1
         for pair in c.new_pairs:
             weights[pair] += 1
         for e in c.entities:
             forms = [text(s) for s in e.surfaces]
-            mentions.append({"doc": c.doc_id, "id": e.id, "count": e.count,
-                             "spans": [f"{s}:{t}" for s, t in e.spans], "surfaces": forms,
-                             "method": e.method, "score": e.score,
-                             "merged": [text(x) for x in e.merged]})
+            mentions.append([c.doc_id, e.id, e.count, [f"{s}:{t}" for s, t in e.spans], forms,
+                             e.method, e.score, [text(x) for x in e.merged]])
             if e.id not in entities:
-                entities[e.id] = {"id": e.id, "name": text(e.name), "type": e.type,
-                                  "context": text(e.context)}
+                entities[e.id] = [e.id, text(e.name), e.type, text(e.context)]
                 surfaces[e.id] = set(forms)
             else:
                 surfaces[e.id].update(forms)
     for id_, row in entities.items():
-        row["surfaces"] = sorted(surfaces[id_])
+        row.append(sorted(surfaces[id_]))
     return {"docs": docs, "entities": list(entities.values()), "mentions": mentions,
             "pairs": [[a, b, n] for (a, b), n in sorted(weights.items()) if n]}
 
