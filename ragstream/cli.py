@@ -18,11 +18,13 @@ from rich.table import Table
 
 from ragstream import logs
 from ragstream.config import Settings
+from ragstream.graph.cli import graph_app
 
 app = typer.Typer(help="ragstream: event-driven workers that keep RAG and KG stores fresh.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 dlq_app = typer.Typer(help="Dead-letter topics.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(graph_app, name="graph")
 console = Console(stderr=True)
 
 STACK_ENV = "stack.env"

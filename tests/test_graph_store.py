@@ -12,7 +12,7 @@ from ragstream.graph.backends import FalkorBackend, Neo4jBackend
 from ragstream.graph.dialect import NEO4J_CONSTRAINTS
 from ragstream.graph.model import DocumentChange, LinkedEntity, cooccurring
 from ragstream.runtime import SinkUnavailable
-from tests.kg_support import assert_consistent, graph  # noqa: F401  (fixture)
+from tests.kg_support import assert_consistent, graph, snapshot  # noqa: F401  (fixture)
 
 HOSTILE = [
     "x'}) DETACH DELETE n //",
@@ -24,6 +24,8 @@ HOSTILE = [
     "Ünïcödé ☃ 北京 \u200b",
     "CYPHER rows=1 MATCH (n) DELETE n",
     "z" * 10_000,
+    "control \x01\x07\x1b\x1f\x7f and \\u0041 spelled out",
+    'json-ish {"id": "x"}: [1, 2]',
 ]
 
 
@@ -75,6 +77,54 @@ async def test_stale_base_is_a_conflict_and_writes_nothing(graph):
     with pytest.raises(GraphConflict):
         await graph.apply([stale])
     assert await graph.counts() == before
+
+
+async def test_a_batch_with_one_stale_document_writes_nothing(graph):
+    await upsert(graph, "d1", 1, [entity("a", "A"), entity("b", "B")])
+    before = await snapshot(graph)
+    fresh = DocumentChange("d2", 1, False, None, (entity("c", "C"), entity("a", "A")), ("a", "c"))
+    stale = DocumentChange("d1", 2, False, None, (entity("b", "B"),), ("b",))
+    with pytest.raises(GraphConflict, match="d1"):
+        await graph.apply([fresh, stale])
+    assert await snapshot(graph) == before  # all or nothing: d2 is not half written
+    await graph.apply([fresh])  # the retry, after re-reading, applies it
+    assert (await graph.document_states(["d2"]))["d2"].version == 1
+    await assert_consistent(graph)
+
+
+async def test_one_batch_aggregates_shared_entities_and_pairs(graph):
+    """Several documents of one batch share entities and pairs: every increment counts and each
+    entity gets the surfaces of all of them."""
+    a, b = entity("a", "A"), entity("b", "B")
+    a2 = LinkedEntity("a", "A", "ORG", ("A Corp",), ((0, 6),))
+    changes = [DocumentChange(f"d{i}", 1, False, None, (a2 if i == 2 else a, b), ("a", "b"))
+               for i in range(3)]
+    await graph.apply(changes)
+    assert await graph.cooccurrence() == [("a", "b", 3)]
+    aliases = await graph.backend.read("MATCH (e:Entity {id: 'a'}) RETURN e.aliases", {})
+    assert sorted(aliases[0][0]) == ["A", "A Corp"]
+    # the next batch drops the pair from two documents and the edge from the third
+    base = await graph.document_states(["d0", "d1", "d2"])
+    await graph.apply([DocumentChange(d, 2, False, base[d], (a,), ("a",)) for d in ("d0", "d1")])
+    assert await graph.cooccurrence() == [("a", "b", 1)]
+    base = await graph.document_states(["d2"])
+    await graph.apply([DocumentChange("d2", 2, True, base["d2"])])
+    assert await graph.cooccurrence() == []  # weight 0: dropped by the same query
+    await assert_consistent(graph)
+
+
+async def test_nul_bytes_become_replacement_characters(graph):
+    """FalkorDB rejects NUL in any string; the store replaces it deliberately, so a name with a
+    stray NUL is written instead of failing its whole batch."""
+    nul = LinkedEntity("n", "Acme\x00Corp", "ORG", ("Acme\x00Corp", "\x00"), ((0, 9),),
+                       context="before \x00 after")
+    await upsert(graph, "d", 1, [nul, entity("k", "Keep")])
+    rows = await graph.backend.read(
+        "MATCH (d:Document)-[m:MENTIONS]->(e:Entity {id: 'n'}) "
+        "RETURN e.name, e.aliases, e.context, m.surfaces", {})
+    assert rows == [["Acme\ufffdCorp", ["Acme\ufffdCorp", "\ufffd"], "before \ufffd after",
+                     ["Acme\ufffdCorp", "\ufffd"]]]
+    assert (await graph.counts()).edges["MENTIONS"] == 2
 
 
 async def test_update_and_delete_move_weights(graph):
@@ -163,7 +213,7 @@ class RecordingSession:
         class Tx:
             async def run(self, query, params):
                 session.driver.calls.append((mode, query, params, session.database))
-                return RecordingResult([["doc-1"]])
+                return RecordingResult([[[]]])  # APPLY_DOCUMENTS: no conflicts
 
         return await work(Tx())
 
@@ -190,8 +240,10 @@ async def test_neo4j_adapter_creates_constraints_and_passes_parameters_untouched
     await store.apply([DocumentChange("doc-1", 1, False, None, (hostile,), ("e1",))])
     mode, query, params, database = driver.calls[0]
     assert (mode, query, database) == ("write", cypher.APPLY_DOCUMENTS, "kg")
-    row = params["rows"][0]
-    assert row["entities"][0]["name"] == HOSTILE[0] and row["base_version"] == -1
+    doc, ent, mention = params["docs"][0], params["entities"][0], params["mentions"][0]
+    assert (doc[0], doc[3]) == ("doc-1", -1)  # the base version travels for the atomic check
+    assert ent[:2] == ["e1", HOSTILE[0]]
+    assert mention[:2] == ["doc-1", "e1"] and mention[4] == [HOSTILE[0]]
     assert HOSTILE[0] not in query
 
     driver.calls.clear()

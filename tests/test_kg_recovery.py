@@ -15,7 +15,7 @@ from producers.events import document_deleted, document_upserted
 from producers.publisher import Publisher
 from ragstream.config import Settings
 from ragstream.graph import KgSettings, open_graph_store
-from ragstream.stack import FalkorDB
+from ragstream.stack import FalkorDB, free_port
 from tests.helpers import running, start_worker
 from tests.kg_support import (  # noqa: F401  (fixtures)
     assert_consistent, graph, recogniser, snapshot, wait_for_versions,
@@ -118,3 +118,37 @@ async def test_graph_store_outage_pauses_the_worker_and_loses_nothing(env, setti
         if store is not None:
             await store.close()
         server.stop()
+
+
+async def test_worker_starts_while_the_graph_store_is_down_and_waits_for_it(env, settings, topics,
+                                                                           tmp_path: Path):
+    """No FalkorDB at start: the worker must come up, hold its batches (backpressure) and finish
+    by itself once the store appears, instead of crashing in setup."""
+    port = free_port()
+    worker_env = with_prefix(env, RAGSTREAM_REDIS_URL=f"redis://127.0.0.1:{port}")
+    events, final = corpus(40)
+    async with Publisher(settings) as pub:
+        await pub.publish(events)
+    worker = start_worker("entity_linking", worker_env, tmp_path, tag="-down-at-start")
+    server, store = None, None
+    try:
+        log = tmp_path / "logs" / "entity_linking-down-at-start.log"
+        deadline = asyncio.get_running_loop().time() + 90
+        while "store unavailable, partitions paused" not in log.read_text(errors="replace"):
+            assert worker.alive(), f"the worker died with the store down:\n{worker.tail()}"
+            assert asyncio.get_running_loop().time() < deadline, "no batch met the closed store"
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(5)  # several backoff rounds with the store still down
+        assert worker.alive(), f"the worker died with the store down:\n{worker.tail()}"
+        server = FalkorDB(tmp_path / "late", port=port)
+        server.start()
+        store = await open_graph_store(settings_of(worker_env), KgSettings())
+        await wait_for_versions(store, final, 120)
+        assert worker.alive()
+        await assert_consistent(store)
+    finally:
+        worker.stop()
+        if store is not None:
+            await store.close()
+        if server is not None:
+            server.stop()

@@ -87,3 +87,23 @@ async def test_update_and_delete_adjust_mentions_and_weights(settings, topics, g
     new_ids = {e.id for e in expected[0]}
     assert set(update["entities"]) == old_news1 | new_ids  # dropped entities are dirty too
     assert changes[("news-2", 2)]["deleted"] is True
+
+
+async def test_nul_bytes_in_a_document_do_not_break_its_write(settings, topics, graph, recogniser):
+    """FalkorDB rejects NUL in any string: a document carrying some is still linked (the
+    recogniser reads NUL as a space, offsets unchanged) and nothing goes to the DLQ."""
+    text = "Angela\x00Merkel met Emmanuel Macron in Ber\x00lin.\x00 Siemens AG\x00 said so."
+    async with Publisher(settings) as pub:
+        await pub.publish([document_upserted("nul-doc", text, version=1)])
+    async with running(EntityLinkingWorker(recogniser=recogniser), settings):
+        await wait_for_versions(graph, {"nul-doc": (1, False)}, 60)
+    rows = await graph.backend.read(
+        "MATCH (:Document {id: 'nul-doc'})-[m:MENTIONS]->(e:Entity) "
+        "RETURN e.name, e.context, m.spans, m.surfaces", {})
+    assert any(name == "Emmanuel Macron" for name, _, _, _ in rows)
+    for name, context, spans, surfaces in rows:
+        assert "\x00" not in name + context + "".join(surfaces)
+        for span in spans:  # offsets are those of the text as sent
+            start, end = map(int, span.split(":"))
+            assert text[start:end].replace("\x00", " ") in surfaces
+    assert await read_topic(settings, "documents.v1.dlq", timeout=1) == []

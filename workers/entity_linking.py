@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass
 
 from ragstream.embedders import Embedder, MiniLMEmbedder
-from ragstream.graph import GraphStore, KgSettings, open_graph_store
+from ragstream.graph import GraphStore, KgSettings, open_backend
 from ragstream.graph.model import DocState, DocumentChange, LinkedEntity, cooccurring, pairs
 from ragstream.nlp.gazetteer import Gazetteer
 from ragstream.nlp.recognise import Recogniser
 from ragstream.nlp.resolve import Resolver
-from ragstream.runtime import Batch, Event, Sink, Worker, WorkerContext
+from ragstream.runtime import UNAVAILABLE, Batch, Event, Sink, Worker, WorkerContext
 from schemas.catalogue import DOCUMENT_DELETED, KG_CHANGED
 from schemas.payloads import DocumentUpserted, KgChanged
 
@@ -39,15 +39,16 @@ class GraphWrite:
 
 
 class GraphSink(Sink):
-    """One APPLY query for the whole batch, then the idempotent tidy-up (zero-weight edges,
-    orphans). The tidy-up also runs for replays, so a crash between the two heals itself."""
+    """One APPLY query for the whole batch (it also drops the edges whose weight fell to zero),
+    then the idempotent tidy-up: orphans by policy, and for replays the zero-weight edges too,
+    so a crash between the two heals itself."""
 
     def __init__(self, store: GraphStore):
         self.store = store
 
     async def flush(self, items: list[GraphWrite]) -> None:
         await self.store.apply([i.change for i in items if i.change is not None])
-        await self.store.tidy([p for i in items for p in i.dropped_pairs],
+        await self.store.tidy([p for i in items if i.change is None for p in i.dropped_pairs],
                               [e for i in items for e in i.dropped_entities])
 
 
@@ -68,15 +69,21 @@ class EntityLinkingWorker(Worker):
         self._embedder: Embedder | None = None
 
     async def setup(self, ctx: WorkerContext) -> None:
-        self.store = await open_graph_store(ctx.settings, self.kg)
+        # The store connects and creates its constraints on first use: a worker starts while the
+        # graph store is down, and its batches wait (backpressure) until the store is back.
+        self.store = GraphStore(open_backend(ctx.settings, self.kg), self.kg.orphans)
         self.sinks = {"graph": GraphSink(self.store)}
         if self.recogniser is None:
             self.recogniser = await asyncio.to_thread(
                 Recogniser, self.kg.spacy_model, self.kg.nlp_batch_size)
         self.recogniser.use_gazetteer([])
         self.resolver = Resolver(Gazetteer(), self._embed, self.kg.link_threshold)
-        self._gazetteer_checked = 0.0
-        await self._refresh_gazetteer()
+        self._gazetteer_checked = -float("inf")
+        try:
+            await self._refresh_gazetteer()
+        except UNAVAILABLE as exc:
+            log.warning("graph store unavailable at start; batches wait for it",
+                        extra={"error": repr(exc)[:300]})
 
     async def teardown(self) -> None:
         await self.store.close()
@@ -138,13 +145,13 @@ class EntityLinkingWorker(Worker):
         now = time.monotonic()
         if now - self._gazetteer_checked < self.kg.gazetteer_poll_s:
             return
-        self._gazetteer_checked = now
         version = await self.store.gazetteer_version()
+        self._gazetteer_checked = now  # only once read: a store that is down is asked again
         if version == self.resolver.gazetteer.version:
             return
         entries = await self.store.gazetteer(self.kg.gazetteer_min_docs,
                                              self.kg.gazetteer_max_entities)
-        gazetteer = Gazetteer(entries, version)
+        gazetteer = Gazetteer(entries, version, await self.store.blocked_merges())
         await asyncio.to_thread(self.recogniser.use_gazetteer, gazetteer.patterns())
         self.resolver.gazetteer = gazetteer
         log.info("gazetteer loaded", extra={"version": version, "entities": len(entries)})

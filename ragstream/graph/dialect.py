@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # The labels whose ``id`` is unique: FalkorDB needs an index, then GRAPH.CONSTRAINT on it.
-UNIQUE_LABELS = ("Entity", "Document", "Meta")
+UNIQUE_LABELS = ("Entity", "Document", "Meta", "Unmerge")
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,12 @@ FALKORDB_INDEXES = (
     "CREATE INDEX FOR (n:Entity) ON (n.id)",
     "CREATE INDEX FOR (n:Document) ON (n.id)",
     "CREATE INDEX FOR (n:Meta) ON (n.id)",
+    "CREATE INDEX FOR (n:Unmerge) ON (n.id)",
 )
 
 NEO4J_CONSTRAINTS = (
     "CREATE CONSTRAINT entity_id IF NOT EXISTS FOR (n:Entity) REQUIRE n.id IS UNIQUE",
     "CREATE CONSTRAINT document_id IF NOT EXISTS FOR (n:Document) REQUIRE n.id IS UNIQUE",
     "CREATE CONSTRAINT meta_id IF NOT EXISTS FOR (n:Meta) REQUIRE n.id IS UNIQUE",
+    "CREATE CONSTRAINT unmerge_id IF NOT EXISTS FOR (n:Unmerge) REQUIRE n.id IS UNIQUE",
 )

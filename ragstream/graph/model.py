@@ -18,6 +18,9 @@ class LinkedEntity:
     method: str = "exact"               # exact | gazetteer | alias | coref | embedding
     score: float | None = None          # the similarity, for embedding links
     context: str = ""                   # text around the first mention, for entity embeddings
+    # the mentions linked here from another name (a merge): "start:end:class:surface", where
+    # (class, surface) would have been their own entity; what ``GraphStore.unmerge`` undoes
+    merged: tuple[str, ...] = ()
 
     @property
     def count(self) -> int:

@@ -7,12 +7,16 @@ from collections import defaultdict
 import numpy as np
 
 from ragstream.graph.model import GazetteerEntry
+from ragstream.nlp.aliases import canonical_key
 from ragstream.nlp.normalise import normalise
 
 
 class Gazetteer:
-    def __init__(self, entries: list[GazetteerEntry] = (), version: int = 0):
+    def __init__(self, entries: list[GazetteerEntry] = (), version: int = 0,
+                 blocked: frozenset[tuple[str, str]] = frozenset()):
         self.version = version
+        # (own id, entity id): merges undone by hand, never to be made again
+        self.blocked = frozenset(blocked)
         self.entries = {e.id: e for e in entries}
         self._by_key: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._by_name_part: dict[str, set[str]] = defaultdict(set)
@@ -20,7 +24,7 @@ class Gazetteer:
                          for e in entries if e.embedding is not None}
         for e in entries:
             for surface in (e.name, *e.aliases):
-                key = normalise(surface, e.type)
+                key = canonical_key(e.type, normalise(surface, e.type))
                 self._by_key[(e.type, key)].add(e.id)
                 tokens = key.split(" ")
                 if e.type == "PER" and len(tokens) > 1:
@@ -44,8 +48,9 @@ class Gazetteer:
         owners: dict[str, set[str]] = defaultdict(set)
         for e in self.entries.values():
             for surface in (e.name, *e.aliases):
-                # a bare "Jobs" or "Steve" is never a direct link: the resolver weighs its context
-                if e.type != "PER" or surface == e.name or " " in surface.strip():
+                # a bare "Jobs" or "Steve" (even an entity named just that) is never a direct
+                # link: the resolver folds it into a full name of the document or weighs its context
+                if e.type != "PER" or " " in surface.strip():
                     owners[surface].add(e.id)
         return [{"label": self.entries[next(iter(ids))].type, "pattern": surface,
                  "id": next(iter(ids))}

@@ -57,6 +57,9 @@ class Recogniser:
 
     def recognise(self, texts: Iterable[str]) -> list[list[Mention]]:
         out = []
+        # NUL becomes a space: the offsets stay those of the original text, and no name or
+        # context carries a byte FalkorDB rejects
+        texts = (t.replace("\x00", " ") if "\x00" in t else t for t in texts)
         for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
             text = doc.text
             mentions = []

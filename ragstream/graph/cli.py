@@ -1,0 +1,91 @@
+"""``ragstream graph``: look into the knowledge graph, audit entity merges, and undo one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+graph_app = typer.Typer(help="The knowledge graph: counts, merge audit, unmerge.",
+                        no_args_is_help=True)
+console = Console()
+
+
+def _run(work):
+    from ragstream.cli import settings
+    from ragstream.graph import KgSettings, open_graph_store
+
+    async def main():
+        store = await open_graph_store(settings(), KgSettings())
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+@graph_app.command("stats")
+def stats() -> None:
+    """Node and edge counts, and the total weight of each edge type."""
+    counts = _run(lambda store: store.counts())
+    print(json.dumps({"nodes": counts.nodes, "edges": counts.edges,
+                      "edge_weights": counts.edge_weights}))
+
+
+@graph_app.command("links")
+def links(entity_id: str) -> None:
+    """How each document's mentions were linked to an entity (method, score, surfaces)."""
+    rows = _run(lambda store: store.links(entity_id))
+    table = Table("document", "method", "score", "surfaces", "spans")
+    for r in rows:
+        table.add_row(r["doc"], r["method"], "" if r["score"] is None else f"{r['score']:.3f}",
+                      ", ".join(r["surfaces"]), " ".join(r["spans"]))
+    console.print(table)
+
+
+@graph_app.command("merges")
+def merges(
+    limit: Annotated[int, typer.Option(help="At most this many mention edges.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Mentions linked to an entity from another name: the merges that ``unmerge`` can undo."""
+    rows = _run(lambda store: store.merges(limit))
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    table = Table("document", "entity", "name", "method", "score", "merged mentions")
+    for r in rows:
+        table.add_row(r["doc"], r["entity"], r["name"], r["method"],
+                      "" if r["score"] is None else f"{r['score']:.3f}",
+                      ", ".join(f"{m['surface']} ({m['cls']} {m['start']}:{m['end']})"
+                                for m in r["merged"]))
+    console.print(table)
+
+
+@graph_app.command("unmerge")
+def unmerge(
+    doc_id: str,
+    entity_id: str,
+    surface: Annotated[str | None, typer.Option(help="Only the mentions written so.")] = None,
+) -> None:
+    """Undo a merge in one document: the mentions of ENTITY_ID that came from another name go
+    to the entity they would have been on their own; later resolutions never merge them again."""
+    try:
+        result = _run(lambda store: store.unmerge(doc_id, entity_id, surface))
+    except LookupError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    print(json.dumps(result))
+
+
+@graph_app.command("unmerges")
+def unmerges() -> None:
+    """The merges undone so far (the block list every resolution respects)."""
+    for u in _run(lambda store: store.unmerges()):
+        print(json.dumps(u))
