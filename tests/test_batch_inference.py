@@ -37,8 +37,13 @@ def triton(tmp_path_factory) -> TritonServer:
 
 
 @pytest.fixture
-def infer_settings(env: dict[str, str], triton: TritonServer) -> Settings:
-    values = {**env, **triton.worker_env("grpc"),
+def protocol() -> str:
+    return "grpc"
+
+
+@pytest.fixture
+def infer_settings(env: dict[str, str], triton: TritonServer, protocol: str) -> Settings:
+    values = {**env, **triton.worker_env(protocol),
               "RAGSTREAM_INFERENCE_MAX_DELAY_MS": "20",
               "RAGSTREAM_INFERENCE_RETRY_BACKOFF_S": "0.05",
               "RAGSTREAM_INFERENCE_BREAKER_RESET_S": "1"}
@@ -80,7 +85,8 @@ def column(values: list[str]) -> np.ndarray:
     return np.array([v.encode() for v in values], dtype=np.object_).reshape(-1, 1)
 
 
-async def test_results_match_direct_triton_calls(infer_settings, topics, triton):
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_results_match_direct_triton_calls(infer_settings, topics, triton, protocol):
     n = 48
     embeds = [embed_request(text(i), correlation_id=f"e{i}", priority=i % 3) for i in range(n)]
     pairs = [(f"what about {TOPICS_[i % 8]}?", text(i)) for i in range(16)]
