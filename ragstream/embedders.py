@@ -7,6 +7,7 @@ disambiguation and the GCN's node features all embed through it.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Protocol
 
 import numpy as np
@@ -68,6 +69,7 @@ class TritonEmbedder:
         self.model_id = MiniLMEmbedder.model_id  # same vectors: caches stay valid
         self._headers = tc.headers(settings)
         self._timeout = settings.triton_timeout_s
+        self._local = threading.local()
         if settings.triton_protocol == "grpc":
             import tritonclient.grpc as module
 
@@ -79,19 +81,31 @@ class TritonEmbedder:
         else:
             import tritonclient.http as module
 
-            ctx = tc.ssl_context(settings)
-            self._client = module.InferenceServerClient(
-                settings.triton_url, ssl=ctx is not None,
-                ssl_context_factory=(lambda: ctx) if ctx else None,
-                network_timeout=self._timeout, connection_timeout=self._timeout)
-            meta = self._client.get_model_metadata(self.model_name, headers=self._headers)
-            config = self._client.get_model_config(self.model_name, headers=self._headers)
+            client = self._http_client()
+            meta = client.get_model_metadata(self.model_name, headers=self._headers)
+            config = client.get_model_config(self.model_name, headers=self._headers)
         self._module = module
         self.info = tc.model_info(meta, config)
         (self._input,) = self.info.inputs
         (self._output,) = self.info.outputs
         self.tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
         self.model = self  # the embedding worker's chunker reads ``embedder.model.tokenizer``
+
+    def _http_client(self):
+        """tritonclient.http runs on gevent, whose hub belongs to one thread; ``embed`` is called
+        from a thread pool, so each thread gets its own client."""
+        import tritonclient.http as module
+
+        from ragstream.triton import client as tc
+
+        client = getattr(self._local, "client", None)
+        if client is None:
+            ctx = tc.ssl_context(self.settings)
+            client = self._local.client = module.InferenceServerClient(
+                self.settings.triton_url, ssl=ctx is not None,
+                ssl_context_factory=(lambda: ctx) if ctx else None,
+                network_timeout=self._timeout, connection_timeout=self._timeout)
+        return client
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -104,9 +118,12 @@ class TritonEmbedder:
             arr = np.array([t.encode("utf-8") for t in part], dtype=np.object_).reshape(-1, 1)
             t = m.InferInput(self._input, list(arr.shape), "BYTES")
             t.set_data_from_numpy(arr)
-            kw = {"client_timeout": self._timeout} if self.settings.triton_protocol == "grpc" else {}
-            result = self._client.infer(self.model_name, [t], headers=self._headers,
-                                        outputs=[m.InferRequestedOutput(self._output)], **kw)
+            if self.settings.triton_protocol == "grpc":
+                client, kw = self._client, {"client_timeout": self._timeout}
+            else:
+                client, kw = self._http_client(), {}
+            result = client.infer(self.model_name, [t], headers=self._headers,
+                                  outputs=[m.InferRequestedOutput(self._output)], **kw)
             out[start:start + len(part)] = result.as_numpy(self._output)
         return out
 

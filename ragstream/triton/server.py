@@ -32,6 +32,12 @@ def _libdir(python: str) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
+def token_header(protocol: str) -> str:
+    """The header Triton reads its access token from."""
+    return ("triton-grpc-protocol-triton-access-token" if protocol == "grpc"
+            else "triton-access-token")
+
+
 class TritonServer(ManagedProcess):
     """PyTriton serving the project's models on loopback ports (free ones unless given)."""
 
@@ -39,6 +45,7 @@ class TritonServer(ManagedProcess):
                  grpc_port: int | None = None, metrics_port: int | None = None,
                  max_batch_size: int = 64, max_queue_delay_us: int = 2000,
                  max_queue_size: int = 1024, models: str = "minilm,minilm_reranker",
+                 access_token: str | None = None, protect: str = "",
                  extra_args: list[str] | None = None):
         python = triton_python()
         self.http_port = http_port or free_port()
@@ -49,14 +56,18 @@ class TritonServer(ManagedProcess):
                 "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
                 "--max-batch-size", str(max_batch_size),
                 "--max-queue-delay-us", str(max_queue_delay_us),
-                "--max-queue-size", str(max_queue_size), "--models", models, *(extra_args or [])]
+                "--max-queue-size", str(max_queue_size), "--models", models,
+                "--protect", protect, *(extra_args or [])]
+        self.access_token = access_token
         libdir = _libdir(python)
         ld = ":".join(p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p)
         pythonpath = ":".join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         super().__init__("triton", argv, data_dir / "logs" / "triton.log",
                          env={"LD_LIBRARY_PATH": ld, "PYTHONPATH": pythonpath,
                               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                              "PYTRITON_HOME": str((data_dir / "pytriton").resolve())})
+                              "PYTRITON_HOME": str((data_dir / "pytriton").resolve()),
+                              **({"RAGSTREAM_TRITON_ACCESS_TOKEN": access_token}
+                                 if access_token else {})})
 
     @property
     def grpc_url(self) -> str:
@@ -67,14 +78,22 @@ class TritonServer(ManagedProcess):
         return f"127.0.0.1:{self.http_port}"
 
     def worker_env(self, protocol: str = "grpc") -> dict[str, str]:
-        """RAGSTREAM_* settings that point a worker at this server."""
-        return {"RAGSTREAM_TRITON_URL": self.grpc_url if protocol == "grpc" else self.http_url,
-                "RAGSTREAM_TRITON_PROTOCOL": protocol}
+        """RAGSTREAM_* settings that point a worker at this server (with its access token)."""
+        env = {"RAGSTREAM_TRITON_URL": self.grpc_url if protocol == "grpc" else self.http_url,
+               "RAGSTREAM_TRITON_PROTOCOL": protocol}
+        if self.access_token:
+            env["RAGSTREAM_TRITON_AUTH_HEADER_NAME"] = token_header(protocol)
+            env["RAGSTREAM_TRITON_AUTH_HEADER"] = self.access_token
+        return env
+
+    def headers(self, protocol: str = "grpc") -> dict[str, str] | None:
+        return {token_header(protocol): self.access_token} if self.access_token else None
 
     def ready(self) -> bool:
         for model in self.models:
             url = f"http://{self.http_url}/v2/models/{model}/ready"
-            with urllib.request.urlopen(url, timeout=1) as r:  # raises until it is
+            req = urllib.request.Request(url, headers=self.headers("http") or {})
+            with urllib.request.urlopen(req, timeout=1) as r:  # raises until it is
                 if r.status != 200:
                     return False
         return True
