@@ -175,6 +175,13 @@ class BatchInferenceWorker(Worker):
 
     async def process(self, batch: Batch) -> None:
         self._load_overrides()
+        self._answered: list[tuple[str, str]] = []
+        await self._process(batch)
+        # counted once the whole batch is answered; a batch rewound for backpressure counts later
+        for model, status in self._answered:
+            self.m_results.labels(model, status).inc()
+
+    async def _process(self, batch: Batch) -> None:
         now = datetime.now(UTC)
         groups: dict[tuple, list[_Item]] = {}
         infos: dict[tuple, ModelInfo] = {}
@@ -336,7 +343,7 @@ class BatchInferenceWorker(Worker):
                                     model_version=version or req.model_version, status=status,
                                     outputs=tensors, error=error, served_by=served_by)
         batch.emit(topic or req.reply_to, INFERENCE_COMPLETED, result, cause=event)
-        self.m_results.labels(req.model, status).inc()
+        self._answered.append((req.model, status))
         if status in ("invalid", "failed"):
             batch.reject(event, f"inference_{status}", error or status)
 

@@ -279,12 +279,15 @@ class TritonClient:
         """One Triton request for a whole batch (arrays carry the batch dimension)."""
         m = self._module
         tensors = []
-        for name, arr in inputs.items():
-            t = m.InferInput(name, list(arr.shape), info.inputs[name].datatype)
-            t.set_data_from_numpy(arr)
-            tensors.append(t)
-        wanted = outputs or list(info.outputs)
-        requested = [m.InferRequestedOutput(n) for n in wanted]
+        try:  # a failure here is the input's fault, never Triton's: it must not look transient
+            for name, arr in inputs.items():
+                t = m.InferInput(name, list(arr.shape), info.inputs[name].datatype)
+                t.set_data_from_numpy(arr)
+                tensors.append(t)
+            wanted = outputs or list(info.outputs)
+            requested = [m.InferRequestedOutput(n) for n in wanted]
+        except Exception as exc:
+            raise TritonRejected(f"cannot build the request: {exc}") from exc
         try:
             if self.protocol == "grpc":
                 result = await self._client.infer(info.name, tensors, model_version=version or "",
