@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from producers.publisher import Publisher
 from ragstream.config import Settings
+from ragstream.embedders import TritonEmbedder
 from ragstream.triton.requests import embed_request, request, rerank_request
 from ragstream.triton.server import TritonServer
 from tests.helpers import eventually, read_topic, running
@@ -165,8 +166,6 @@ async def test_expired_and_malformed_requests_do_not_fail_their_batch_mates(
 
 
 async def test_triton_embedder_gives_the_local_minilm_vectors(triton, minilm, env):
-    from ragstream.embedders import TritonEmbedder
-
     texts = [text(i) for i in range(20)] + ["", "a much longer text " * 40]
     for protocol in ("grpc", "http"):
         values = {**env, **triton.worker_env(protocol), "RAGSTREAM_EMBEDDER": "triton"}
@@ -179,6 +178,32 @@ async def test_triton_embedder_gives_the_local_minilm_vectors(triton, minilm, en
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
         assert embedder.model.tokenizer("hello")["input_ids"] == \
             minilm.model.tokenizer("hello")["input_ids"]
+
+
+async def test_embedding_worker_embeds_through_triton(env, topics, triton, minilm):
+    """RAGSTREAM_EMBEDDER=triton: the embedding worker, built with no embedder of its own,
+    publishes the local MiniLM's vectors, computed by Triton."""
+    from producers.events import document_upserted
+    from workers.embedding import EmbeddingWorker
+
+    values = {**env, **triton.worker_env("grpc"), "RAGSTREAM_EMBEDDER": "triton"}
+    settings = Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+    docs = {f"d{i}": " ".join(text(i + j) for j in range(4)) for i in range(3)}
+    await publish(settings, [document_upserted(d, t, version=1) for d, t in docs.items()])
+    async with running(EmbeddingWorker(), settings) as runtime:
+        seen: list = []
+
+        async def all_embedded() -> bool:
+            seen[:] = await read_topic(settings, "chunks.embedded.v1", timeout=0.5)
+            return len({json.loads(r.value)["data"]["doc_id"] for r in seen}) == len(docs)
+
+        await eventually(all_embedded, 60, message="chunks embedded")
+        assert isinstance(runtime.worker._embedder, TritonEmbedder)
+    chunks = [json.loads(r.value)["data"] for r in seen]
+    want = minilm.embed([c["text"] for c in chunks])
+    got = np.array([c["vector"] for c in chunks], dtype=np.float32)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert {c["model_id"] for c in chunks} == {minilm.model_id}
 
 
 def test_triton_refuses_clients_without_the_access_token(triton):
