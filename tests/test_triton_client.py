@@ -11,7 +11,7 @@ from ragstream.triton.client import (CircuitBreaker, TritonRejected, TritonUnava
                                      model_info, to_numpy)
 from ragstream.triton.requests import embed_request, request
 from schemas.payloads import InferenceRequested
-from workers.batch_inference import validate
+from workers.batch_inference import BatchInferenceWorker, validate
 
 # what PyTriton's Triton answers for the MiniLM model (gRPC, as JSON)
 METADATA = {"name": "minilm", "versions": ["1"], "platform": "python",
@@ -96,3 +96,25 @@ def test_circuit_breaker_opens_after_n_failures_then_lets_one_probe_through():
     assert b.allow()
     b.success()
     assert b.state == "closed" and b.allow() and b.consecutive == 0
+
+
+async def test_a_deadline_without_a_time_zone_is_read_as_utc():
+    """A naive deadline must not crash the batch (naive and aware datetimes do not compare)."""
+    from datetime import datetime, timedelta
+
+    from ragstream.runtime import Batch, Event
+    from ragstream.transport.base import Record
+    from schemas.catalogue import INFERENCE_REQUESTED, decode, topic
+
+    env = embed_request("x", correlation_id="naive")
+    data = {**env.data, "deadline": (datetime.utcnow() - timedelta(seconds=5)).isoformat()}
+    raw = env.model_copy(update={"data": data}).model_dump_json().encode()
+    spec = topic("inference.requests.v1")
+    event = Event(Record("inference.requests.v1", 0, 0, b"k", raw, [], 0), decode(spec, raw, 1 << 20))
+    assert event.payload.deadline.tzinfo is None and event.type == INFERENCE_REQUESTED
+    worker = BatchInferenceWorker(client=object())  # an expired request never reaches a client
+    worker._answered = []
+    batch = Batch([event], "batch_inference")
+    await worker._process(batch)
+    ((_, result),) = batch.emitted
+    assert result.data["status"] == "expired"

@@ -191,7 +191,10 @@ class BatchInferenceWorker(Worker):
                 self._answer(batch, event, "invalid", RESULTS_TOPIC,
                              error=f"reply_to {req.reply_to!r} is not a topic for inference results")
                 continue
-            if req.deadline is not None and req.deadline <= now:
+            deadline = req.deadline
+            if deadline is not None and deadline.tzinfo is None:
+                deadline = deadline.replace(tzinfo=UTC)  # a deadline without a zone is UTC
+            if deadline is not None and deadline <= now:
                 self._answer(batch, event, "expired",
                              error=f"deadline {req.deadline.isoformat()} passed before inference")
                 continue
