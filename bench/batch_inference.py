@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -170,6 +171,8 @@ async def run_mode(name: str, worker_env: dict[str, str], texts: list[str], conc
         metrics = scrape(int(env["RAGSTREAM_METRICS_PORT"]))
     finally:
         reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader  # the consumer leaves before its broker goes
         worker.stop()
         tansu.process.kill()
         tansu.process.wait()
@@ -178,7 +181,8 @@ async def run_mode(name: str, worker_env: dict[str, str], texts: list[str], conc
             "duplicates": sum(v - 1 for v in measured.values()), "wall": wall, "lat": lat,
             # the worker's own count of Triton calls and rows, warm-up included
             "calls": metrics.get("ragstream_inference_batch_size_count", 0),
-            "rows": metrics.get("ragstream_inference_batch_size_sum", 0)}
+            "rows": metrics.get("ragstream_inference_batch_size_sum", 0),
+            "triton_s": metrics.get("ragstream_inference_triton_seconds_sum", 0)}
 
 
 def summarise(parts: list[dict]) -> dict:
@@ -189,6 +193,8 @@ def summarise(parts: list[dict]) -> dict:
             "duplicates": sum(p["duplicates"] for p in parts), "wall_s": round(wall, 2),
             "rps": round(n / wall, 1), "triton_calls": int(calls),
             "mean_batch": round(rows / calls, 1) if calls else 0.0,
+            "mean_call_ms": round(sum(p["triton_s"] for p in parts) / calls * 1000, 1)
+            if calls else 0.0,
             "p50_ms": round(float(np.percentile(lat_ms, 50)), 1),
             "p99_ms": round(float(np.percentile(lat_ms, 99)), 1),
             "rounds_rps": [round(p["requests"] / p["wall"], 1) for p in parts]}
@@ -240,6 +246,9 @@ async def main() -> None:
     project, baseline = summarise(project_parts), summarise(baseline_parts)
 
     bound_ms = max_delay_ms + 2 * service * 1000
+    # the same bound with the worker's own mean Triton call time during the micro-batched run
+    # (mostly full batches): the load on this machine moves between the separate timings
+    in_run_bound_ms = max_delay_ms + 2 * project["mean_call_ms"]
     rows = [(f"micro-batched ({MAX_BATCH}, {max_delay_ms:g} ms)", project),
             ("batch size 1", baseline)]
     print(f"Triton (PyTriton, CPU) ready in {startup:.1f} s; {n} requests, concurrency "
@@ -256,7 +265,10 @@ async def main() -> None:
           f"{baseline['rounds_rps']}")
     print(f"ratio {ratio:.2f}x (target >= 5x); p99 {project['p99_ms']:.1f} ms vs bound "
           f"max_delay + 2 x full batch = {bound_ms:.1f} ms: "
-          f"{'within' if project['p99_ms'] <= bound_ms else 'OVER'}")
+          f"{'within' if project['p99_ms'] <= bound_ms else 'OVER'}; with the worker's mean "
+          f"Triton call during the run ({project['mean_call_ms']:.1f} ms, mean batch "
+          f"{project['mean_batch']}): {in_run_bound_ms:.1f} ms, "
+          f"{'within' if project['p99_ms'] <= in_run_bound_ms else 'OVER'}")
     print(json.dumps({
         "bench": "batch_inference", "metric": "requests/s end to end (request event to result)",
         "baseline": baseline["rps"], "project": project["rps"], "ratio": round(ratio, 2),
@@ -270,6 +282,9 @@ async def main() -> None:
                                         round(max(service_runs) * 1000, 1)],
         "single_request_service_ms": round(single * 1000, 1),
         "p99_bound_ms": round(bound_ms, 1), "p99_within_bound": project["p99_ms"] <= bound_ms,
+        "in_run_mean_call_ms": project["mean_call_ms"],
+        "in_run_p99_bound_ms": round(in_run_bound_ms, 1),
+        "p99_within_in_run_bound": project["p99_ms"] <= in_run_bound_ms,
         "answered": [project["answered"], baseline["answered"]],
         "duplicates": [project["duplicates"], baseline["duplicates"]],
         "mean_batch": [project["mean_batch"], baseline["mean_batch"]],
