@@ -3,6 +3,8 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
 
 .PHONY: run demo test bench schemas clean
 
@@ -20,11 +22,23 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ragstream demo
 
-test: $(STAMP)
+test: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas.generate
 
 clean:
-	rm -rf $(VENV) .ragstream
+	rm -rf $(VENV) .ragstream $(TRITON_VENV)
+
+# Triton (PyTriton bundles a real tritonserver) in its own venv: nvidia-pytriton pins numpy<2.
+# `ragstream triton serve` and the batch inference tests run the server from it.
+$(TRITON_STAMP): ragstream/triton/requirements.txt
+	test -x $(TRITON_VENV)/bin/python || $(PY) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet torch==2.13.0
+	$(TRITON_VENV)/bin/pip install --quiet -r ragstream/triton/requirements.txt
+	touch $(TRITON_STAMP)
+
+.PHONY: triton
+triton: $(STAMP) $(TRITON_STAMP)
+	$(BIN)/ragstream triton serve

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -73,6 +74,8 @@ def up(
     duration: Annotated[float, typer.Option("--for", help="Stop after this many seconds.")] = 0,
     live: Annotated[bool, typer.Option(help="Live status table (off: a status line per 5 s).")]
     = sys.stderr.isatty(),
+    triton: Annotated[bool, typer.Option(help="Also start Triton (PyTriton, from .venv-triton) "
+                                         "and the batch_inference worker.")] = False,
 ) -> None:
     """Start the embedded stack (Tansu, FalkorDB, the workers) and show their live status."""
     from ragstream.stack import embedded_services
@@ -83,6 +86,8 @@ def up(
 
     data_dir = _data_dir()
     names = [w.strip() for w in workers.split(",") if w.strip()] or list(DEFAULT_STACK)
+    if triton and "batch_inference" not in names:
+        names.append("batch_inference")
     stop = {"now": False}
 
     def request_stop(*_):
@@ -90,7 +95,7 @@ def up(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    with embedded_services(data_dir) as services:
+    with embedded_services(data_dir) as services, _triton_service(triton, data_dir, services.env):
         env = {**os.environ, **services.env}
         cfg = Settings(**_settings_kwargs(services.env))
         asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions,
@@ -120,6 +125,24 @@ def up(
             supervisor.stop(cfg.drain_timeout_s)
             stack_file.unlink(missing_ok=True)
     console.print("stopped cleanly")
+
+
+@contextlib.contextmanager
+def _triton_service(wanted: bool, data_dir: Path, env: dict[str, str]):
+    """Start the local Triton for ``up --triton`` unless RAGSTREAM_TRITON_URL points elsewhere."""
+    if not wanted or os.environ.get("RAGSTREAM_TRITON_URL"):
+        yield None
+        return
+    from ragstream.triton.server import TritonServer
+
+    console.print("starting Triton (PyTriton; 10-30 s)")
+    server = TritonServer(data_dir)
+    server.start()
+    env.update(server.worker_env())
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _settings_kwargs(env: dict[str, str]) -> dict:
@@ -454,6 +477,52 @@ def apikey_new(
     key, entry = new_key(key_id, [s.strip() for s in scopes.split(",") if s.strip()], rate, burst)
     console.print(f"API key for {key_id} (shown once): {key}")
     print(entry.model_dump_json())
+
+
+# Triton ------------------------------------------------------------------------------------------
+
+triton_app = typer.Typer(help="The local Triton Inference Server (PyTriton).", no_args_is_help=True)
+app.add_typer(triton_app, name="triton")
+
+
+@triton_app.command("serve")
+def triton_serve(
+    http_port: Annotated[int, typer.Option(help="HTTP port (loopback).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (loopback).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    max_batch_size: Annotated[int, typer.Option(help="Each model's max batch size.")] = 64,
+    max_queue_delay_us: Annotated[int, typer.Option(
+        help="Dynamic batcher: the longest a request waits for batch-mates.")] = 2000,
+    max_queue_size: Annotated[int, typer.Option(
+        help="Requests queued per model before Triton rejects more (0: unbounded).")] = 1024,
+    models: Annotated[str, typer.Option(help="Comma-separated.")] = "minilm,minilm_reranker",
+) -> None:
+    """Serve MiniLM (embedder) and the MiniLM reranker on a real Triton, with its dynamic batcher."""
+    from ragstream.triton.server import TritonServer
+
+    server = TritonServer(_data_dir(), http_port=http_port, grpc_port=grpc_port,
+                          metrics_port=metrics_port, max_batch_size=max_batch_size,
+                          max_queue_delay_us=max_queue_delay_us, max_queue_size=max_queue_size,
+                          models=models)
+    stop = {"now": False}
+
+    def request_stop(*_):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    server.start()
+    console.print(f"[bold]triton[/]: grpc {server.grpc_url}, http {server.http_url}, metrics "
+                  f"127.0.0.1:{server.metrics_port}; models {models}; log {server.log_path}. "
+                  "Ctrl-C stops.")
+    try:
+        while not stop["now"]:
+            if not server.alive():
+                console.print(f"triton exited:\n{server.tail()}")
+                raise typer.Exit(1)
+            _sleep_unless(stop, 1)
+    finally:
+        server.stop()
 
 
 def main() -> None:

@@ -82,6 +82,33 @@ class Settings(BaseSettings):
     gateway_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     gateway_infer_timeout_s: float = Field(default=10.0, gt=0)
 
+    # Triton Inference Server (the batch inference worker, and the embedder when embedder=triton).
+    # TLS files and the auth header come from secrets (RAGSTREAM_TRITON_AUTH_HEADER_FILE).
+    embedder: Literal["minilm", "triton"] = "minilm"
+    triton_url: str = "127.0.0.1:8001"  # host:port; gRPC 8001, HTTP 8000
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_ssl: bool = False
+    triton_root_certificates: Path | None = None
+    triton_private_key: Path | None = None
+    triton_certificate_chain: Path | None = None
+    triton_auth_header_name: str = "authorization"
+    triton_auth_header: SecretStr | None = None  # e.g. "Bearer <token>"
+    triton_timeout_s: float = Field(default=30.0, gt=0)
+    triton_embedder_model: str = "minilm"
+    # micro-batching, per model+version; RAGSTREAM_INFERENCE_MODELS (a JSON object, or a file
+    # re-read when it changes: RAGSTREAM_INFERENCE_MODELS_PATH) overrides these per model:
+    # {"minilm": {"max_batch_size": 32, "max_delay_ms": 5, "max_inflight": 2,
+    #             "fallback": "minilm_backup"}}
+    inference_max_batch_size: int = Field(default=64, ge=1)
+    inference_max_delay_ms: float = Field(default=5.0, ge=0)
+    inference_max_inflight: int = Field(default=2, ge=1)  # Triton requests in flight per model
+    inference_models: str = "{}"
+    inference_models_path: Path | None = None
+    inference_retries: int = Field(default=3, ge=0)  # transient Triton errors, per batch
+    inference_retry_backoff_s: float = Field(default=0.1, gt=0)
+    inference_breaker_failures: int = Field(default=5, ge=1)  # consecutive, then the breaker opens
+    inference_breaker_reset_s: float = Field(default=5.0, gt=0)  # open, then one probe
+
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: pick a free port
     log_level: str = "INFO"

@@ -169,6 +169,10 @@ class Worker(ABC):
     # A slow worker (one that embeds, say) takes smaller batches, so one batch cannot outlast
     # the group's patience (max.poll.interval) and get the worker evicted mid-batch.
     max_batch_records: ClassVar[int | None] = None
+    # A micro-batching worker (batch inference) lets a batch fill: after the first records arrive,
+    # the runtime keeps polling for up to ``fill_window_ms`` or until ``fill_records`` are in hand.
+    fill_window_ms: float = 0
+    fill_records: int | None = None
 
     sinks: dict[str, Sink]
 
@@ -292,6 +296,8 @@ class WorkerRuntime:
                 self._resume_due_partitions()
                 records = await self.consumer.getmany(self.settings.batch_timeout_ms,
                                                       self._batch_max)
+                if records and self.worker.fill_window_ms > 0:
+                    records = await self._fill(records)
                 if records:
                     self._idle.clear()
                     try:
@@ -306,6 +312,17 @@ class WorkerRuntime:
             await self.worker.teardown()
             await self.health.stop()
             log.info("worker stopped")
+
+    async def _fill(self, records: list[Record]) -> list[Record]:
+        """Poll on until the worker's fill target or window is reached (micro-batching)."""
+        target = min(self.worker.fill_records or self._batch_max, self._batch_max)
+        until = time.monotonic() + self.worker.fill_window_ms / 1000
+        while len(records) < target and not self._stopping.is_set():
+            left_ms = (until - time.monotonic()) * 1000
+            if left_ms <= 0:
+                break
+            records += await self.consumer.getmany(max(int(left_ms), 1), target - len(records))
+        return records
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         # The group waits for us here: let the batch in flight flush and commit first.

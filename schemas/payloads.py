@@ -104,22 +104,34 @@ class Tensor(Payload):
 
 
 class InferenceRequested(Payload):
+    """One inference request. Each input's ``shape`` is this request's own shape, without the
+    batch dimension: the worker stacks requests into batches itself. ``data`` is the flat list of
+    ``prod(shape)`` values in row-major order (text for ``BYTES``). Higher ``priority`` is served
+    first within a batch window; a request still queued at its ``deadline`` is answered
+    ``expired`` without reaching the model."""
+
     correlation_id: str = Identifier
     model: str = Field(min_length=1, max_length=256)
     model_version: str | None = None
     inputs: list[Tensor] = Field(min_length=1)
+    outputs: list[str] = Field(default_factory=list, max_length=64)  # empty: every output
     reply_to: str = "inference.results.v1"
     deadline: datetime | None = None
     priority: int = Field(default=0, ge=0, le=9)
 
 
 class InferenceCompleted(Payload):
+    """The one result of a request: ``ok`` with outputs (each without the batch dimension), or
+    ``expired`` (deadline passed, never sent), ``invalid`` (bad input or unknown model; the request
+    also went to the dead-letter topic) or ``failed`` (the model failed on this request alone)."""
+
     correlation_id: str = Identifier
     model: str
     model_version: str | None = None
     status: Literal["ok", "expired", "invalid", "failed"]
     outputs: list[Tensor] = Field(default_factory=list)
     error: str | None = None
+    served_by: str | None = None  # the model that answered: ``model`` or its fallback
 
 
 # echo.v1 (diagnostics) ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "embedding": "workers.embedding:EmbeddingWorker",
     "reindex": "workers.reindex:ReindexWorker",
     "gcn_refresh": "workers.gcn_refresh:GcnRefreshWorker",
+    "batch_inference": "workers.batch_inference:BatchInferenceWorker",  # needs Triton
 }
 
 # The workers `ragstream up` starts by default.

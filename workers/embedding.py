@@ -26,7 +26,7 @@ import numpy as np
 from prometheus_client import Counter
 
 from ragstream.chunking import Chunk, Chunker
-from ragstream.embedders import Embedder, MiniLMEmbedder
+from ragstream.embedders import Embedder, load_embedder
 from ragstream.runtime import Batch, Event, Sink, Worker, WorkerContext
 from ragstream.stores.redis import connect
 from schemas.catalogue import CHUNK_EMBEDDED, CHUNKS_DELETED, DOCUMENT_DELETED
@@ -120,7 +120,8 @@ class EmbeddingWorker(Worker):
     async def setup(self, ctx: WorkerContext) -> None:
         s = ctx.settings
         if self._embedder is None:
-            self._embedder = await asyncio.to_thread(MiniLMEmbedder, batch_size=s.embed_batch_size)
+            # RAGSTREAM_EMBEDDER=triton: the model runs on Triton, through the shared client
+            self._embedder = await asyncio.to_thread(load_embedder, s, s.embed_batch_size)
         self.chunker = Chunker(self._embedder.model.tokenizer, s.chunk_tokens,
                                s.chunk_overlap_tokens)
         self._max_chunks = s.max_chunks_per_document

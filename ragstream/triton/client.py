@@ -1,0 +1,348 @@
+"""One async client for Triton, shared by the batch inference worker and the Triton embedder.
+
+- gRPC (``tritonclient.grpc.aio``) by default, HTTP (``tritonclient.http.aio``) as an option;
+  TLS files and an auth header from ``Settings`` (secrets: ``RAGSTREAM_TRITON_AUTH_HEADER_FILE``).
+- What a model takes and gives, and its max batch size and queue limit, are learned from Triton's
+  model metadata and config (``ModelInfo``), never assumed.
+- Errors are sorted: ``TritonUnavailable`` (down, overloaded, queue full, timed out: retry later)
+  versus ``TritonRejected`` (this request can never succeed: bad input, unknown model).
+- ``CircuitBreaker``: after N consecutive transient failures a model is not called for a while,
+  then one probe is let through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import ssl as ssl_lib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ragstream.config import Settings
+
+
+class TritonError(Exception):
+    pass
+
+
+class TritonUnavailable(TritonError, ConnectionError):
+    """Transient: Triton is down, overloaded, its queue is full, or it timed out. Retry later.
+    A ``ConnectionError``, so the worker runtime treats it as backpressure."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TritonRejected(TritonError):
+    """Permanent: Triton refused this request (bad shape or dtype, unknown model or version)."""
+
+
+# gRPC status codes and HTTP statuses that mean "try again later". A refused token is one too:
+# it is the deployment's fault, not the request's, so requests wait (backpressure) for the fix
+# instead of going to the dead-letter topic by the thousand.
+_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "ABORTED",
+              "UNKNOWN", "UNAUTHENTICATED", "PERMISSION_DENIED", "500", "502", "503", "504",
+              "429", "401", "403")
+_TRANSIENT_TEXT = ("exceeds maximum queue size", "connection", "timeout", "timed out",
+                   "unavailable", "deadline", "socket", "failed to connect")
+
+
+def classify(exc: BaseException) -> TritonError:
+    """Map a tritonclient, gRPC or aiohttp error to transient or permanent."""
+    if isinstance(exc, TritonError):
+        return exc
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, InferenceServerException):
+        status = str(exc.status() or "")
+        text = str(exc.message() or exc)
+        if any(code in status for code in _TRANSIENT) or (
+                not status and any(t in text.lower() for t in _TRANSIENT_TEXT)):
+            return TritonUnavailable(f"{status} {text}".strip())
+        if "exceeds maximum queue size" in text.lower():  # Triton's queue policy said no
+            return TritonUnavailable(text)
+        return TritonRejected(f"{status} {text}".strip())
+    if isinstance(exc, (OSError, asyncio.TimeoutError, TimeoutError)):
+        return TritonUnavailable(repr(exc))
+    try:
+        import aiohttp
+        if isinstance(exc, aiohttp.ClientError):
+            return TritonUnavailable(repr(exc))
+    except ImportError:  # pragma: no cover
+        pass
+    return TritonUnavailable(repr(exc))  # unknown: never drop a request on a guess
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # Triton's: FP32, BYTES, ...
+    shape: tuple[int, ...]  # without the batch dimension; -1 is variable
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str  # the version Triton serves ("" asks Triton for its latest)
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    max_batch_size: int  # 0: the model does not batch; one request per call
+    max_queue_size: int  # 0: unbounded
+    dynamic_batching: bool
+
+    @property
+    def batch_limit(self) -> int:
+        return max(self.max_batch_size, 1)
+
+
+def _spec(t: dict, batched: bool) -> TensorSpec:
+    shape = tuple(int(d) for d in t.get("shape", []))
+    if batched and shape and shape[0] == -1:
+        shape = shape[1:]
+    return TensorSpec(t["name"], t["datatype"], shape)
+
+
+def model_info(metadata: dict, config: dict) -> ModelInfo:
+    """ModelInfo from Triton's model metadata and config (both as JSON)."""
+    config = config.get("config", config)  # gRPC wraps it in {"config": ...}
+    max_batch = int(config.get("max_batch_size", 0) or 0)
+    batched = max_batch > 0
+    dyn = config.get("dynamic_batching")
+    queue = 0
+    if isinstance(dyn, dict):
+        policy = dyn.get("default_queue_policy") or {}
+        queue = int(policy.get("max_queue_size", 0) or 0)
+    versions = metadata.get("versions") or [""]
+    return ModelInfo(
+        name=metadata["name"], version=str(versions[-1]),
+        inputs={t["name"]: _spec(t, batched) for t in metadata.get("inputs", [])},
+        outputs={t["name"]: _spec(t, batched) for t in metadata.get("outputs", [])},
+        max_batch_size=max_batch, max_queue_size=queue, dynamic_batching=dyn is not None)
+
+
+def headers(settings: Settings) -> dict[str, str] | None:
+    if settings.triton_auth_header is None:
+        return None
+    return {settings.triton_auth_header_name: settings.triton_auth_header.get_secret_value()}
+
+
+def _path(p: Any) -> str | None:
+    return str(p) if p else None
+
+
+def grpc_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection options for tritonclient.grpc (sync or aio): the embedder uses them too."""
+    return dict(url=settings.triton_url, ssl=settings.triton_ssl,
+                root_certificates=_path(settings.triton_root_certificates),
+                private_key=_path(settings.triton_private_key),
+                certificate_chain=_path(settings.triton_certificate_chain))
+
+
+def grpc_channel_args() -> list[tuple[str, int]]:
+    """tritonclient's defaults, plus a short reconnect backoff: gRPC's own grows to 120 s, which
+    would keep a worker paused for minutes after Triton came back."""
+    from tritonclient.grpc import KeepAliveOptions
+    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
+
+    k = KeepAliveOptions()
+    return [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", k.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", k.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", k.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", k.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
+def ssl_context(settings: Settings) -> ssl_lib.SSLContext | None:
+    if not settings.triton_ssl:
+        return None
+    ctx = ssl_lib.create_default_context(cafile=_path(settings.triton_root_certificates))
+    if settings.triton_certificate_chain:
+        ctx.load_cert_chain(str(settings.triton_certificate_chain),
+                            _path(settings.triton_private_key))
+    return ctx
+
+
+def to_numpy(datatype: str, data: list, shape: tuple[int, ...]) -> np.ndarray:
+    """One request's tensor from JSON values; raises ValueError on a mismatch."""
+    from tritonclient.utils import triton_to_np_dtype
+
+    n = math.prod(shape)
+    if len(data) != n:
+        raise ValueError(f"{len(data)} values for shape {list(shape)} (needs {n})")
+    if datatype == "BYTES":
+        values = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in data]
+        return np.array(values, dtype=np.object_).reshape(shape)
+    dtype = triton_to_np_dtype(datatype)
+    if dtype is None:
+        raise ValueError(f"unknown datatype {datatype}")
+    arr = np.asarray(data)
+    if datatype == "BOOL":
+        if arr.size and arr.dtype != np.bool_:
+            raise ValueError("BOOL data must be true or false")
+    elif arr.size and not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.bool_)):
+        raise ValueError(f"{datatype} data must be numbers")
+    elif np.issubdtype(np.dtype(dtype), np.integer) and arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{datatype} data must be integers")
+    out = arr.astype(dtype)
+    if np.issubdtype(np.dtype(dtype), np.integer) and arr.size and not np.array_equal(out, arr):
+        raise ValueError(f"values out of range for {datatype}")
+    return out.reshape(shape)
+
+
+def to_json(datatype: str, arr: np.ndarray) -> list:
+    flat = arr.reshape(-1)
+    if datatype == "BYTES":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    return flat.tolist()
+
+
+_MODEL_GONE = "request for unknown model"
+
+
+class TritonClient:
+    """Async Triton client. ``info`` is cached per model+version; ``infer`` runs one batch."""
+
+    def __init__(self, settings: Settings, protocol: str | None = None):
+        self.settings = settings
+        self.protocol = protocol or settings.triton_protocol
+        self.headers = headers(settings)
+        self.timeout_s = settings.triton_timeout_s
+        if self.protocol == "grpc":
+            import tritonclient.grpc as module
+            import tritonclient.grpc.aio as aio
+
+            self._client = aio.InferenceServerClient(**grpc_kwargs(settings),
+                                                     channel_args=grpc_channel_args())
+        else:
+            import tritonclient.http as module
+            import tritonclient.http.aio as aio
+
+            ctx = ssl_context(settings)
+            self._client = aio.InferenceServerClient(settings.triton_url, ssl=ctx is not None,
+                                                     ssl_context=ctx,
+                                                     conn_timeout=self.timeout_s)
+        self._module = module
+        self._info: dict[tuple[str, str], ModelInfo] = {}
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready(headers=self.headers))
+        except Exception:
+            return False
+
+    async def info(self, model: str, version: str | None = None) -> ModelInfo:
+        key = (model, version or "")
+        if key not in self._info:
+            try:
+                if self.protocol == "grpc":
+                    meta = await self._client.get_model_metadata(
+                        model, version or "", headers=self.headers, as_json=True,
+                        client_timeout=self.timeout_s)
+                    config = await self._client.get_model_config(
+                        model, version or "", headers=self.headers, as_json=True,
+                        client_timeout=self.timeout_s)
+                else:
+                    meta = await asyncio.wait_for(self._client.get_model_metadata(
+                        model, version or "", headers=self.headers), self.timeout_s)
+                    config = await asyncio.wait_for(self._client.get_model_config(
+                        model, version or "", headers=self.headers), self.timeout_s)
+            except Exception as exc:
+                err = classify(exc)
+                if isinstance(err, TritonRejected) and not await self.ready():
+                    # a server still loading its models knows none of them yet: not a bad request
+                    raise TritonUnavailable(f"Triton is not ready: {err}") from exc
+                if isinstance(err, TritonRejected):
+                    raise TritonRejected(f"model {model!r} version {version or 'latest'}: "
+                                         f"{err}") from exc
+                raise err from exc
+            self._info[key] = model_info(meta, config)
+        return self._info[key]
+
+    def forget(self, model: str, version: str | None = None) -> None:
+        """Drop cached metadata (after a reload, say)."""
+        self._info.pop((model, version or ""), None)
+
+    async def infer(self, info: ModelInfo, inputs: dict[str, np.ndarray],
+                    outputs: list[str] | None = None, version: str | None = None,
+                    priority: int = 0) -> dict[str, np.ndarray]:
+        """One Triton request for a whole batch (arrays carry the batch dimension)."""
+        m = self._module
+        tensors = []
+        try:  # a failure here is the input's fault, never Triton's: it must not look transient
+            for name, arr in inputs.items():
+                t = m.InferInput(name, list(arr.shape), info.inputs[name].datatype)
+                t.set_data_from_numpy(arr)
+                tensors.append(t)
+            wanted = outputs or list(info.outputs)
+            requested = [m.InferRequestedOutput(n) for n in wanted]
+        except Exception as exc:
+            raise TritonRejected(f"cannot build the request: {exc}") from exc
+        try:
+            if self.protocol == "grpc":
+                result = await self._client.infer(info.name, tensors, model_version=version or "",
+                                                  outputs=requested, headers=self.headers,
+                                                  client_timeout=self.timeout_s)
+            else:
+                result = await asyncio.wait_for(self._client.infer(
+                    info.name, tensors, model_version=version or "", outputs=requested,
+                    headers=self.headers), self.timeout_s)
+        except Exception as exc:
+            err = classify(exc)
+            if isinstance(err, TritonRejected) and _MODEL_GONE in str(err).lower():
+                # Triton knew this model (we hold its metadata): it is restarting or reloading it
+                raise TritonUnavailable(str(err)) from exc
+            raise err from exc
+        return {n: result.as_numpy(n) for n in wanted}
+
+
+@dataclass
+class CircuitBreaker:
+    """Per model: closed -> open after ``failures`` consecutive transient errors -> after
+    ``reset_s`` half-open (one probe) -> closed on success, open again on failure."""
+
+    failures: int
+    reset_s: float
+    consecutive: int = 0
+    opened_at: float | None = None
+    probing: bool = False
+    _clock: Any = field(default=time.monotonic, repr=False)
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if self._clock() - self.opened_at >= self.reset_s else "open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def retry_after(self) -> float:
+        if self.opened_at is None:
+            return 0.0
+        return max(self.reset_s - (self._clock() - self.opened_at), 0.05)
+
+    def success(self) -> None:
+        self.consecutive, self.opened_at, self.probing = 0, None, False
+
+    def failure(self) -> None:
+        self.consecutive += 1
+        if self.probing or self.consecutive >= self.failures:
+            self.opened_at = self._clock()
+        self.probing = False

@@ -1,0 +1,296 @@
+"""The batch inference worker on a real Triton (PyTriton, started once for this module) and a real
+Kafka (Tansu, fresh per test). Nothing is mocked; a server that cannot start fails the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from producers.publisher import Publisher
+from ragstream.config import Settings
+from ragstream.embedders import TritonEmbedder
+from ragstream.triton.requests import embed_request, request, rerank_request
+from ragstream.triton.server import TritonServer
+from tests.helpers import eventually, read_topic, running
+from workers.batch_inference import BatchInferenceWorker
+
+TOPICS_ = ["alpha decay", "stock markets", "coffee farming", "jet engines", "river deltas",
+           "opera houses", "chess openings", "volcanic soil"]
+
+
+def text(i: int) -> str:
+    return f"Note {i}: a short paragraph about {TOPICS_[i % len(TOPICS_)]} and item {i * 7}."
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory) -> TritonServer:
+    # the model endpoints need the access token: every client here must send it
+    server = TritonServer(tmp_path_factory.mktemp("triton"), max_batch_size=64,
+                          max_queue_delay_us=2000, models="minilm,minilm_reranker,minilm_backup",
+                          access_token=uuid.uuid4().hex, protect="inference,metadata,model-config")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def protocol() -> str:
+    return "grpc"
+
+
+@pytest.fixture
+def infer_settings(env: dict[str, str], triton: TritonServer, protocol: str) -> Settings:
+    values = {**env, **triton.worker_env(protocol),
+              "RAGSTREAM_INFERENCE_MAX_DELAY_MS": "20",
+              "RAGSTREAM_INFERENCE_RETRY_BACKOFF_S": "0.05",
+              "RAGSTREAM_INFERENCE_BREAKER_RESET_S": "1"}
+    return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+
+
+async def publish(settings: Settings, envelopes) -> None:
+    async with Publisher(settings) as pub:
+        await pub.publish(envelopes)
+
+
+async def results(settings: Settings, n: int, timeout: float = 60) -> list[dict]:
+    """Wait until the results topic holds at least ``n`` events; return their data."""
+    seen: list = []
+
+    async def enough() -> bool:
+        seen[:] = await read_topic(settings, "inference.results.v1", timeout=0.5)
+        return len(seen) >= n
+
+    await eventually(enough, timeout, interval=0.5, message=f"{n} inference results")
+    return [json.loads(r.value)["data"] for r in seen]
+
+
+def direct(triton: TritonServer, model: str, inputs: dict[str, np.ndarray]) -> dict:
+    """One request straight to Triton, outside the worker: the reference."""
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    tensors = []
+    for name, arr in inputs.items():
+        t = grpcclient.InferInput(name, list(arr.shape), "BYTES")
+        t.set_data_from_numpy(arr)
+        tensors.append(t)
+    headers = triton.headers("grpc")
+    res = client.infer(model, tensors, headers=headers)
+    names = [o["name"] for o in
+             client.get_model_metadata(model, headers=headers, as_json=True)["outputs"]]
+    client.close()
+    return {n: res.as_numpy(n) for n in names}
+
+
+def column(values: list[str]) -> np.ndarray:
+    return np.array([v.encode() for v in values], dtype=np.object_).reshape(-1, 1)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_results_match_direct_triton_calls(infer_settings, topics, triton, protocol):
+    n = 48
+    embeds = [embed_request(text(i), correlation_id=f"e{i}", priority=i % 3) for i in range(n)]
+    pairs = [(f"what about {TOPICS_[i % 8]}?", text(i)) for i in range(16)]
+    reranks = [rerank_request(q, d, correlation_id=f"r{i}") for i, (q, d) in enumerate(pairs)]
+    await publish(infer_settings, embeds + reranks)
+    async with running(BatchInferenceWorker(), infer_settings):
+        out = await results(infer_settings, n + len(pairs))
+
+    ids = [r["correlation_id"] for r in out]
+    assert len(ids) == len(set(ids)) == n + len(pairs), "one result per request, no duplicates"
+    assert set(ids) == {f"e{i}" for i in range(n)} | {f"r{i}" for i in range(len(pairs))}
+    by_id = {r["correlation_id"]: r for r in out}
+    assert all(r["status"] == "ok" for r in out), [r for r in out if r["status"] != "ok"][:2]
+
+    want = direct(triton, "minilm", {"text": column([text(i) for i in range(n)])})["embedding"]
+    for i in range(n):
+        (tensor,) = by_id[f"e{i}"]["outputs"]
+        assert tensor["name"] == "embedding" and tensor["datatype"] == "FP32"
+        assert tensor["shape"] == [384]
+        got = np.array(tensor["data"], dtype=np.float32)
+        np.testing.assert_allclose(got, want[i], rtol=0, atol=2e-6)
+    want = direct(triton, "minilm_reranker", {"query": column([q for q, _ in pairs]),
+                                              "passage": column([d for _, d in pairs])})["score"]
+    for i in range(len(pairs)):
+        (tensor,) = by_id[f"r{i}"]["outputs"]
+        assert tensor["shape"] == [1]
+        np.testing.assert_allclose(tensor["data"], want[i], rtol=0, atol=2e-6)
+    # answers differ between texts, so the comparison above could fail
+    assert not np.allclose(by_id["e0"]["outputs"][0]["data"], by_id["e1"]["outputs"][0]["data"])
+
+
+async def test_expired_and_malformed_requests_do_not_fail_their_batch_mates(
+        infer_settings, topics, triton):
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    future = datetime.now(UTC) + timedelta(minutes=5)
+    good = [embed_request(text(i), correlation_id=f"ok{i}", deadline=future) for i in range(10)]
+    expired = [embed_request(text(i), correlation_id=f"late{i}", deadline=past) for i in range(3)]
+    bad = [
+        request("minilm", {"text": ("FP32", [1], [1.0])}, correlation_id="bad-dtype"),
+        request("minilm", {"text": ("BYTES", [2], ["a", "b"])}, correlation_id="bad-shape"),
+        request("minilm", {"txt": ("BYTES", [1], ["a"])}, correlation_id="bad-name"),
+        request("no_such_model", {"text": ("BYTES", [1], ["a"])}, correlation_id="bad-model"),
+        request("minilm", {"text": ("BYTES", [1], ["a", "b"])}, correlation_id="bad-count"),
+    ]
+    # interleaved, so the bad ones sit inside the good ones' batch
+    mixed = [e for trio in zip(good[:5], bad, expired + [None] * 2) for e in trio if e] + good[5:]
+    await publish(infer_settings, mixed)
+    async with running(BatchInferenceWorker(), infer_settings) as runtime:
+        out = await results(infer_settings, len(mixed))
+        dlq = await read_topic(infer_settings, "inference.requests.v1.dlq", timeout=1)
+
+    by_id = {r["correlation_id"]: r for r in out}
+    assert len(out) == len(by_id) == len(mixed)
+    for i in range(10):
+        assert by_id[f"ok{i}"]["status"] == "ok" and len(by_id[f"ok{i}"]["outputs"]) == 1
+    for i in range(3):
+        assert by_id[f"late{i}"]["status"] == "expired"
+        assert by_id[f"late{i}"]["outputs"] == [] and "deadline" in by_id[f"late{i}"]["error"]
+    for cid in ("bad-dtype", "bad-shape", "bad-name", "bad-model", "bad-count"):
+        assert by_id[cid]["status"] == "invalid", by_id[cid]
+        assert by_id[cid]["error"], cid
+    assert "FP32" in by_id["bad-dtype"]["error"] and "shape" in by_id["bad-shape"]["error"]
+    assert "no_such_model" in by_id["bad-model"]["error"]
+    dead = {json.loads(r.value)["data"]["correlation_id"] for r in dlq}
+    assert dead == {"bad-dtype", "bad-shape", "bad-name", "bad-model", "bad-count"}
+    # the expired ones never reached Triton; the ten good ones did
+    sent = runtime.metrics.registry.get_sample_value(
+        "ragstream_inference_batch_size_sum", {"model": "minilm"})
+    assert sent == 10
+
+
+async def test_triton_embedder_gives_the_local_minilm_vectors(triton, minilm, env):
+    texts = [text(i) for i in range(20)] + ["", "a much longer text " * 40]
+    for protocol in ("grpc", "http"):
+        values = {**env, **triton.worker_env(protocol), "RAGSTREAM_EMBEDDER": "triton"}
+        settings = Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+        embedder = await asyncio.to_thread(TritonEmbedder, settings)
+        assert embedder.info.max_batch_size == 64 and embedder.model_id == minilm.model_id
+        got = await asyncio.to_thread(embedder.embed, texts)
+        want = minilm.embed(texts)
+        assert got.shape == want.shape == (len(texts), 384)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        assert embedder.model.tokenizer("hello")["input_ids"] == \
+            minilm.model.tokenizer("hello")["input_ids"]
+
+
+async def test_embedding_worker_embeds_through_triton(env, topics, triton, minilm):
+    """RAGSTREAM_EMBEDDER=triton: the embedding worker, built with no embedder of its own,
+    publishes the local MiniLM's vectors, computed by Triton."""
+    from producers.events import document_upserted
+    from workers.embedding import EmbeddingWorker
+
+    values = {**env, **triton.worker_env("grpc"), "RAGSTREAM_EMBEDDER": "triton"}
+    settings = Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+    docs = {f"d{i}": " ".join(text(i + j) for j in range(4)) for i in range(3)}
+    await publish(settings, [document_upserted(d, t, version=1) for d, t in docs.items()])
+    async with running(EmbeddingWorker(), settings) as runtime:
+        seen: list = []
+
+        async def all_embedded() -> bool:
+            seen[:] = await read_topic(settings, "chunks.embedded.v1", timeout=0.5)
+            return len({json.loads(r.value)["data"]["doc_id"] for r in seen}) == len(docs)
+
+        await eventually(all_embedded, 60, message="chunks embedded")
+        assert isinstance(runtime.worker._embedder, TritonEmbedder)
+    chunks = [json.loads(r.value)["data"] for r in seen]
+    want = minilm.embed([c["text"] for c in chunks])
+    got = np.array([c["vector"] for c in chunks], dtype=np.float32)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert {c["model_id"] for c in chunks} == {minilm.model_id}
+
+
+def test_triton_refuses_clients_without_the_access_token(triton):
+    """So the header the worker sends from its secret is really checked."""
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    inp = grpcclient.InferInput("text", [1, 1], "BYTES")
+    inp.set_data_from_numpy(column(["hello"]))
+    with pytest.raises(InferenceServerException):
+        client.infer("minilm", [inp])
+    with pytest.raises(InferenceServerException):
+        client.infer("minilm", [inp], headers={triton.headers("grpc").popitem()[0]: "wrong"})
+    assert client.infer("minilm", [inp], headers=triton.headers("grpc")).as_numpy(
+        "embedding").shape == (1, 384)
+    client.close()
+
+
+async def test_breaker_opens_and_the_fallback_model_answers(env, topics, triton):
+    """minilm goes away (unloaded) after the worker learned it: its breaker opens and its
+    fallback, minilm_backup, answers the requests; with no fallback they would wait."""
+    values = {**env, **triton.worker_env("grpc"), "RAGSTREAM_INFERENCE_RETRY_BACKOFF_S": "0.02",
+              "RAGSTREAM_INFERENCE_RETRIES": "1", "RAGSTREAM_INFERENCE_BREAKER_FAILURES": "2",
+              "RAGSTREAM_INFERENCE_BREAKER_RESET_S": "60",
+              "RAGSTREAM_INFERENCE_MODELS": json.dumps({"minilm": {"fallback": "minilm_backup"}})}
+    settings = Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+    control = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        async with running(BatchInferenceWorker(), settings) as runtime:
+            await publish(settings, [embed_request(text(i), correlation_id=f"a{i}")
+                                     for i in range(4)])
+            await results(settings, 4)
+            await asyncio.to_thread(control.unload_model, "minilm", headers=triton.headers("grpc"))
+            await publish(settings, [embed_request(text(i), correlation_id=f"b{i}")
+                                     for i in range(6)])
+            out = await results(settings, 10)
+            fallbacks = runtime.metrics.registry.get_sample_value(
+                "ragstream_inference_fallbacks_total",
+                {"model": "minilm", "fallback": "minilm_backup"})
+    finally:
+        control.close()
+        # PyTriton's models cannot be loaded again by the repository API: restart the server
+        # (the same ports), so the tests after this one find minilm again
+        await asyncio.to_thread(triton.stop)
+        await asyncio.to_thread(triton.start)
+    by_id = {r["correlation_id"]: r for r in out}
+    assert len(out) == len(by_id) == 10
+    assert all(by_id[f"a{i}"]["served_by"] == "minilm" for i in range(4))
+    assert all(by_id[f"b{i}"]["served_by"] == "minilm_backup" for i in range(6))
+    assert all(r["status"] == "ok" and r["model"] == "minilm" for r in out)
+    np.testing.assert_allclose(by_id["b0"]["outputs"][0]["data"],
+                               by_id["a0"]["outputs"][0]["data"], atol=2e-6)
+    assert fallbacks and fallbacks >= 1
+
+
+async def test_triton_down_for_15s_loses_nothing_and_duplicates_nothing(
+        infer_settings, topics, triton):
+    """Requests keep coming while Triton is stopped for 15 s and restarted: every one is answered
+    once it is back, exactly once."""
+    n, rate = 240, 60.0  # requests per second, for 4 s; Triton goes down after the first second
+    stop_at = 1.0
+
+    async def produce() -> None:
+        async with Publisher(infer_settings) as pub:
+            started = time.monotonic()
+            for i in range(n):
+                await pub.publish([embed_request(text(i), correlation_id=f"c{i}")])
+                await asyncio.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
+
+    async with running(BatchInferenceWorker(), infer_settings) as runtime:
+        producer = asyncio.create_task(produce())
+        await asyncio.sleep(stop_at)
+        await asyncio.to_thread(triton.stop)
+        down = time.monotonic()
+        await producer
+        answered_before = len(await read_topic(infer_settings, "inference.results.v1", 0.5))
+        await asyncio.sleep(max(0.0, 15 - (time.monotonic() - down)))
+        assert answered_before < n, "Triton was down: some requests must have waited"
+        await asyncio.to_thread(triton.start)
+        out = await results(infer_settings, n, timeout=120)
+        await asyncio.sleep(2)  # anything extra would show up now
+        out = await results(infer_settings, n, timeout=5)
+        paused = runtime.metrics.registry.get_sample_value(
+            "ragstream_backpressure_pauses_total", {"worker": "batch_inference"})
+
+    ids = [r["correlation_id"] for r in out]
+    assert len(ids) == n, f"{len(ids)} results for {n} requests"
+    assert set(ids) == {f"c{i}" for i in range(n)}
+    assert all(r["status"] == "ok" for r in out), {r["error"] for r in out if r["status"] != "ok"}
+    assert paused and paused > 0, "the outage must have paused consumption"
+    dlq = await read_topic(infer_settings, "inference.requests.v1.dlq", timeout=0.5)
+    assert dlq == []
