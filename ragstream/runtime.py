@@ -289,7 +289,7 @@ class WorkerRuntime:
 
     async def run(self) -> None:
         worker_var.set(self.worker.name)
-        await self.worker.setup(WorkerContext(self.settings, self.metrics))
+        await self._setup()
         await self.health.start()
         await self.producer.start()
         await self.consumer.start()
@@ -315,6 +315,31 @@ class WorkerRuntime:
             await self.worker.teardown()
             await self.health.stop()
             log.info("worker stopped")
+
+    async def _setup(self) -> None:
+        """Set the worker up. A store that is down at start is waited for with backoff, as it
+        is mid-run: a worker restarted during an outage used to die in ``setup`` and be
+        restarted again and again until the store came back (found by the chaos suite)."""
+        attempt = 0
+        while True:
+            try:
+                await self.worker.setup(WorkerContext(self.settings, self.metrics))
+                return
+            except UNAVAILABLE as exc:
+                attempt += 1
+                if self._stopping.is_set():
+                    raise
+                delay = self._backoff(attempt)
+                log.warning("store unavailable at start, retrying", extra={
+                    "error": repr(exc)[:500], "retry_in_s": round(delay, 2)})
+                try:  # close what the failed setup opened
+                    await self.worker.teardown()
+                except Exception:  # noqa: BLE001  it may not have opened anything
+                    pass
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         # The group waits for us here: let the batch in flight flush and commit first.

@@ -249,3 +249,29 @@ def test_an_oversized_dead_letter_keeps_its_head_and_says_it_was_cut():
     small = DeadLetter(record._replace(value=b"{}"), "DecodeError", "invalid_envelope", "m",
                        "decode", 1).to_message("embedding", max_bytes=1024 * 1024)
     assert small.value == b"{}" and "x-truncated" not in dict(small.headers)
+
+
+async def test_a_store_down_at_start_is_waited_for_not_a_crash():
+    # found by the chaos suite: the entity-linking worker reads the graph in setup, and one
+    # restarted during a graph-store outage died there, again and again, until the store was back
+    class DownAtStart(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.setups = 0
+
+        async def setup(self, ctx) -> None:
+            self.setups += 1
+            if self.setups <= 2:
+                raise ConnectionError("graph store down")
+            await super().setup(ctx)
+
+    broker = MemoryBroker()
+    publish(broker, [document_upserted(f"d{i}", "text", version=1) for i in range(3)])
+    worker = DownAtStart()
+    async with running(worker, memory_settings(), broker=broker):
+        async def committed() -> bool:
+            return sum(n for (g, _), n in broker.committed.items()
+                       if g == "ragstream.recorder") == 3
+        await eventually(committed, 10, interval=0.02, message="all offsets committed")
+    assert worker.setups == 3
+    assert sorted(worker.sink.items) == [("d0", 1), ("d1", 1), ("d2", 1)]
