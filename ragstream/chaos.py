@@ -35,7 +35,6 @@ import shutil
 import signal
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +115,11 @@ def nasties() -> list[tuple[str, bytes]]:
             ("invalid_utf8", b"\xed\xa0\x80" + raw)]
     out += [("nul", json.dumps(g | {"subject": "a\u0000b"}).encode()),
             ("nul", json.dumps(g | {"data": g["data"] | {"doc_id": "\u0000"}}).encode()),
-            ("nul", b"\x00" * 64), ("nul", raw.replace(b"{", b"\x00{", 1))]
+            ("nul", b"\x00" * 64), ("nul", raw.replace(b"{", b"\x00{", 1)),
+            # otherwise valid documents: a NUL next to an entity broke the graph write alone
+            ("nul", json.dumps(g | {"data": g["data"] | {
+                "text": "Acme Corp\u0000 said on Monday it bought Widget Inc of Paris."}}).encode()),
+            ("nul", json.dumps(g | {"data": g["data"] | {"title": "IBM\u0000 results"}}).encode())]
     for s in INJECTIONS:
         out += [("injection", json.dumps(g | {"type": s}).encode()),
                 ("injection", json.dumps(g | {"data": g["data"] | {"version": s}}).encode()),
@@ -401,8 +404,11 @@ class Run:
             lag = await asyncio.wait_for(self.group_lag(), 20)
         except Exception:  # the broker is busy; try again on the next tick
             return {"all": -1.0}
-        out = {name: (c / e if e else 1.0) for name, (c, e) in lag.items()}
+        # a group with no input yet has made no progress (not all of it), or early faults
+        # would bunch up before anything flows
+        out = {name: (c / e if e else 0.0) for name, (c, e) in lag.items()}
         out["all"] = sum(out.values()) / len(out)
+        out["caught_up"] = float(all(c >= e for c, e in lag.values()))
         return out
 
     # the run -----------------------------------------------------------------------------------
@@ -480,7 +486,7 @@ class Run:
                     self.log(f"[{self.name}] SIGSTOP {arg} for {resume_at - now:.0f}s")
                 break
             settled = (not actions and outage_until is None and resume_at is None
-                       and min(prog.values()) >= 1.0)
+                       and prog.get("caught_up") == 1.0)
             if settled:
                 if done_at is None:
                     done_at = now
@@ -809,6 +815,3 @@ def format_table(report: Report) -> str:
 def _cell(v: Any) -> str:
     return ("yes" if v else "no") if isinstance(v, bool) else str(v)
 
-
-def count(items) -> Counter:
-    return Counter(items)
