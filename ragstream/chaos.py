@@ -679,10 +679,9 @@ def compare(clean: RunResult, other: RunResult, final: dict[str, tuple[int, bool
     changed = [c for c in set(ca) & set(cb) if ca[c] != cb[c]]
     ma = {(d, e) for d, e, *_ in a["graph"]["mentions"]}
     mb = {(d, e) for d, e, *_ in b["graph"]["mentions"]}
+    graph_docs = {x[0]: x[1:3] for x in b["graph"]["documents"]}
     wrong = [d for d, (v, deleted) in final.items()
-             if b["index"]["doc_versions"].get(d) != v
-             or d not in {x[0]: x for x in b["graph"]["documents"]}
-             or {x[0]: x for x in b["graph"]["documents"]}[d][1:3] != [v, deleted]]
+             if b["index"]["doc_versions"].get(d) != v or graph_docs.get(d) != [v, deleted]]
     rb = b["replica"]
     duplicated = (len(extra_chunks) + len(mb - ma) + b["graph"]["duplicate_edges"]
                   + b["graph"]["duplicate_nodes"] + rb["bm25_duplicates"]
