@@ -446,7 +446,7 @@ class Run:
                                    f"progress {await self.progress()}, pending {actions}")
             if outage_until is not None and now >= outage_until:
                 self.falkordb = FalkorDB(self.dir, port=self.falkordb.port)
-                self.falkordb.start()
+                self.falkordb.start(timeout=900)
                 self.log(f"[{self.name}] graph store back")
                 outage_until = None
             if resume_at is not None and now >= resume_at:
