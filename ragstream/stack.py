@@ -150,9 +150,11 @@ class FalkorDB(ManagedProcess):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, timeout: float = 120.0) -> None:
+        # A restart replays the append-only file (every graph query since the last rewrite):
+        # with a 2,000-document graph on a busy machine that took over 30 s (chaos suite).
         super().start()
-        self.wait_ready(lambda: redis.Redis(port=self.port, socket_timeout=1).ping(), 30)
+        self.wait_ready(lambda: redis.Redis(port=self.port, socket_timeout=1).ping(), timeout)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         # A redis-server whose parent dies keeps running: shut it down by command.

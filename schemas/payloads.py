@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.envelope import Identifier
 
 MAX_TEXT_CHARS = 2_000_000
+NO_NUL = r"^[^\x00]*$"
 
 
 class Payload(BaseModel):
@@ -28,8 +29,11 @@ class DocumentUpserted(Payload):
 
     doc_id: str = Identifier
     version: int = Field(ge=0)
-    title: str = Field(default="", max_length=10_000)
-    text: str = Field(max_length=MAX_TEXT_CHARS)
+    # No NUL: the graph store cannot take it in a query parameter, so a document with one was
+    # indexed but dead-lettered by the graph worker, and the stores disagreed (chaos suite).
+    # Rejected at the contract, every consumer dead-letters it alike.
+    title: str = Field(default="", max_length=10_000, pattern=NO_NUL)
+    text: str = Field(max_length=MAX_TEXT_CHARS, pattern=NO_NUL)
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
 

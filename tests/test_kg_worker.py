@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from producers.events import document_deleted, document_upserted
-from producers.publisher import Publisher
+from producers.publisher import Publisher, encode
 from ragstream.nlp.resolve import Resolver
+from ragstream.transport.base import OutMessage
 from schemas.catalogue import KG_CHANGED
-from tests.helpers import eventually, read_topic, running
+from tests.helpers import Tap, eventually, read_topic, running
 from tests.kg_support import (  # noqa: F401  (fixtures)
     assert_consistent, graph, recogniser, snapshot, wait_for_versions,
 )
@@ -89,21 +92,27 @@ async def test_update_and_delete_adjust_mentions_and_weights(settings, topics, g
     assert changes[("news-2", 2)]["deleted"] is True
 
 
-async def test_nul_bytes_in_a_document_do_not_break_its_write(settings, topics, graph, recogniser):
-    """FalkorDB rejects NUL in any string: a document carrying some is still linked (the
-    recogniser reads NUL as a space, offsets unchanged) and nothing goes to the DLQ."""
-    text = "Angela\x00Merkel met Emmanuel Macron in Ber\x00lin.\x00 Siemens AG\x00 said so."
+async def test_a_document_with_nul_bytes_is_dead_lettered_and_its_batch_mates_linked(
+        settings, topics, graph, recogniser):
+    """The contract forbids NUL in a document's text (FalkorDB cannot take it in a parameter,
+    and every consumer must agree on the event): the publisher refuses it, and one sent raw
+    goes to the DLQ with the reason while the documents around it are linked."""
+    clean = encode(document_upserted("nul-doc", "Angela Merkel met Emmanuel Macron.", version=1))
+    poisoned = OutMessage(clean.topic, clean.key,
+                          clean.value.replace(b"Angela Merkel", b"Angela\\u0000Merkel"),
+                          clean.headers)
+    with pytest.raises(ValueError, match="text"):  # the event cannot even be built
+        document_upserted("nul-doc", "Angela\x00Merkel", version=1)
     async with Publisher(settings) as pub:
-        await pub.publish([document_upserted("nul-doc", text, version=1)])
+        await pub.publish([document_upserted("news-2", TEXTS["news-2"], version=1)])
+        await pub.send_raw([poisoned])
+        await pub.publish([document_upserted("news-3", TEXTS["news-3"], version=1)])
+    dlq = Tap(settings, "documents.v1.dlq")
     async with running(EntityLinkingWorker(recogniser=recogniser), settings):
-        await wait_for_versions(graph, {"nul-doc": (1, False)}, 60)
-    rows = await graph.backend.read(
-        "MATCH (:Document {id: 'nul-doc'})-[m:MENTIONS]->(e:Entity) "
-        "RETURN e.name, e.context, m.spans, m.surfaces", {})
-    assert any(name == "Emmanuel Macron" for name, _, _, _ in rows)
-    for name, context, spans, surfaces in rows:
-        assert "\x00" not in name + context + "".join(surfaces)
-        for span in spans:  # offsets are those of the text as sent
-            start, end = map(int, span.split(":"))
-            assert text[start:end].replace("\x00", " ") in surfaces
-    assert await read_topic(settings, "documents.v1.dlq", timeout=1) == []
+        await wait_for_versions(graph, {"news-2": (1, False), "news-3": (1, False)}, 60)
+        dead = await dlq.read(timeout=2.0)
+    assert [r.value for r in dead] == [poisoned.value]
+    headers = dict(dead[0].headers)
+    assert headers["x-stage"] == b"decode" and b"text" in headers["x-error-message"]
+    rows = await graph.backend.read("MATCH (d:Document {id: 'nul-doc'}) RETURN d.id", {})
+    assert rows == []

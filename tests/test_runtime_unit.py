@@ -230,3 +230,48 @@ async def test_a_worker_can_ask_for_smaller_batches():
     async with running(worker, memory_settings(), broker=broker):
         await wait_committed(broker)
     assert max(worker.sizes) == 3 and sum(worker.sizes) == 10
+
+
+def test_an_oversized_dead_letter_keeps_its_head_and_says_it_was_cut():
+    # found by the chaos suite: a 10 MB event went to the DLQ through a producer capped at
+    # 2 MB, the send raised, the worker died, and every restart replayed it and died again
+    from ragstream.runtime import DeadLetter
+    from ragstream.transport.base import Record
+
+    raw = b"y" * 10_000_000
+    record = Record("documents.v1", 2, 41, b"k", raw, [], 0)
+    message = DeadLetter(record, "DecodeError", "oversized", "too big", "decode", 1) \
+        .to_message("embedding", max_bytes=1024 * 1024)
+    headers = dict(message.headers)
+    assert message.value == raw[:1024 * 1024]
+    assert headers["x-truncated"] == b"true" and headers["x-original-size"] == b"10000000"
+    assert headers["x-error-reason"] == b"oversized" and headers["x-original-offset"] == b"41"
+    small = DeadLetter(record._replace(value=b"{}"), "DecodeError", "invalid_envelope", "m",
+                       "decode", 1).to_message("embedding", max_bytes=1024 * 1024)
+    assert small.value == b"{}" and "x-truncated" not in dict(small.headers)
+
+
+async def test_a_store_down_at_start_is_waited_for_not_a_crash():
+    # found by the chaos suite: the entity-linking worker reads the graph in setup, and one
+    # restarted during a graph-store outage died there, again and again, until the store was back
+    class DownAtStart(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.setups = 0
+
+        async def setup(self, ctx) -> None:
+            self.setups += 1
+            if self.setups <= 2:
+                raise ConnectionError("graph store down")
+            await super().setup(ctx)
+
+    broker = MemoryBroker()
+    publish(broker, [document_upserted(f"d{i}", "text", version=1) for i in range(3)])
+    worker = DownAtStart()
+    async with running(worker, memory_settings(), broker=broker):
+        async def committed() -> bool:
+            return sum(n for (g, _), n in broker.committed.items()
+                       if g == "ragstream.recorder") == 3
+        await eventually(committed, 10, interval=0.02, message="all offsets committed")
+    assert worker.setups == 3
+    assert sorted(worker.sink.items) == [("d0", 1), ("d1", 1), ("d2", 1)]

