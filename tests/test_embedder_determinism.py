@@ -17,3 +17,14 @@ def test_vectors_do_not_depend_on_batch_mates(minilm):
         picked = rng.sample(range(len(texts)), size)
         part = minilm.embed([texts[i] for i in picked])
         assert [part[j].tobytes() for j in range(size)] == [whole[i].tobytes() for i in picked]
+
+
+def test_a_query_vector_is_the_stored_vector_of_the_same_text(minilm):
+    """Queries take the fast unpadded path; they must still land where ``embed`` puts the text."""
+    import numpy as np
+
+    for query in ("oil prices", "What did the Fed say about interest rates in March 1987?"):
+        fast, stored = minilm.embed_query(query), minilm.embed([query])[0]
+        assert fast.dtype == np.float32 and fast.shape == stored.shape
+        assert np.abs(fast - stored).max() < 1e-6
+        assert fast.tobytes() != np.zeros_like(fast).tobytes()

@@ -56,7 +56,7 @@ class Searcher:
                per_document: bool = False) -> list[Hit]:
         """The ``k`` best chunks for ``query``; with ``per_document``, only each document's best."""
         n = max(self.candidates, k)
-        vector = self.embedder.embed([query])[0] if weights.dense > 0 else None
+        vector = self.embedder.embed_query(query) if weights.dense > 0 else None
         with self.replica.lock:
             state = self.replica.refresh()
             dense = ([state.by_key[key] for key, _ in state.dense.search(vector, n)
