@@ -27,10 +27,10 @@ import yaml
 from producers.gateway.auth import new_key
 from producers.publisher import Publisher
 from ragstream.stack import ManagedProcess, free_port, worker_process
-from ragstream.triton.requests import embed_request
-from ragstream.triton.server import TritonServer
 from ragstream.transport.base import OutMessage
 from ragstream.transport.kafka import KafkaProducer
+from ragstream.triton.requests import embed_request
+from ragstream.triton.server import TritonServer
 from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +127,8 @@ async def test_every_dashboard_query_returns_series_from_a_live_scrape(env, sett
         tmp_path / "prometheus.log"))
     triton_started = None
     try:
-        triton_started = asyncio.create_task(asyncio.to_thread(triton.start, 120))
+        # in a thread from now on (MiniLM loads in Triton while the workers start)
+        triton_started = asyncio.get_running_loop().run_in_executor(None, triton.start, 120)
         for proc in procs:
             proc.start()
         for proc, port in zip(procs, ports.values()):  # embedding loads MiniLM first
