@@ -40,7 +40,10 @@ try:  # recent typer vendors its own click
 except ImportError:
     USAGE_ERRORS = (click.UsageError,)
 # workers whose code lands with another issue: deployed here, not yet in workers.REGISTRY
-PENDING_WORKERS = {"batch_inference": ("inference.requests.v1",)}
+PENDING_WORKERS: dict[str, tuple[str, ...]] = {}
+# settings whose names match the secret pattern below but are not secrets
+NOT_SECRETS = {"RAGSTREAM_TRITON_AUTH_HEADER_NAME"}  # the header's name; its value is a secret
+MODEL_REPOSITORY = ROOT / "infra/triton/model_repository"
 KAFKA_WORKERS = sorted(set(REGISTRY) - {"noop"} | set(PENDING_WORKERS))
 
 
@@ -130,7 +133,7 @@ def test_compose_file_is_valid_against_the_compose_specification():
 
 def test_compose_runs_every_worker_once_one_beat_and_commands_the_cli_has():
     services = compose()["services"]
-    ours = {name: s for name, s in services.items() if str(s.get("image", "")).startswith("ragstream")}
+    ours = {name: s for name, s in services.items() if str(s.get("image", "")).startswith("ragstream:")}
     for name, service in ours.items():
         check_command(service["command"])
     workers = {s["command"][1] for s in ours.values() if s["command"][0] == "worker"}
@@ -143,9 +146,6 @@ def test_compose_runs_every_worker_once_one_beat_and_commands_the_cli_has():
                   "grafana", "gateway", "celery-worker"):
         assert infra in services, infra
     assert services["topics"]["command"][:2] == ["topics", "--create"]
-    assert "--model-repository=/models" in services["triton"]["command"]
-    assert any(v.endswith(":/models:ro") and "infra/triton/models" in v
-               for v in services["triton"]["volumes"])
     assert "healthcheck" in services["neo4j"]
     # only the gateway is published beyond loopback
     published = {n for n, s in services.items() for p in s.get("ports", [])
@@ -163,7 +163,7 @@ def test_compose_secrets_are_files_never_literals():
         used = [s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])]
         assert set(used) <= set(defined), name
         for key, value in (service.get("environment") or {}).items():
-            if secretish.search(key):
+            if secretish.search(key) and key not in NOT_SECRETS:
                 assert key.endswith("_FILE") or key.endswith("__FILE"), f"{name}: {key}"
                 assert str(value).startswith("/run/secrets/"), f"{name}: {key}={value}"
                 assert Path(value).name in used, f"{name}: {key} names a secret it does not mount"
@@ -177,6 +177,64 @@ def test_every_secret_file_setting_names_a_real_setting():
             if key.startswith("RAGSTREAM_") and key.endswith("_FILE"):
                 field = key.removeprefix("RAGSTREAM_").removesuffix("_FILE").lower()
                 assert field in fields or field == "api_keys", key
+
+
+def test_triton_serves_the_model_repository_with_its_token_from_the_secret():
+    services = compose()["services"]
+    triton = services["triton"]
+    assert "nvcr.io/nvidia/tritonserver:" in triton["build"]["dockerfile_inline"]
+    assert "tokenizers" in triton["build"]["dockerfile_inline"]  # the Python backend models
+    [script] = triton["command"]
+    args = script.split()
+    assert {"--model-repository=/models", "--strict-model-config=true", "--metrics-port=8002",
+            "--allow-metrics=true"} <= set(args)
+    assert "TOKEN=$$(cat /run/secrets/triton_token)" in script  # the secret, never a literal
+    for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
+        [value] = [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+        protocols, _, token = value.partition(":")
+        assert token == "triton-access-token=$$TOKEN"
+        assert {"model-repository", "statistics"} <= set(protocols.split(","))
+    assert "triton_token" in triton["secrets"]
+    [volume] = triton["volumes"]
+    source, target = volume.split(":", 1)
+    assert target == "/models:ro"
+    repository = ROOT / source
+    assert repository.resolve() == MODEL_REPOSITORY.resolve()
+    models = [d for d in repository.iterdir() if d.is_dir()]
+    assert models and all((d / "config.pbtxt").is_file() for d in models)
+    assert "8000/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    [gpu] = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu["capabilities"] == ["gpu"]
+
+
+def test_the_batch_inference_worker_reaches_triton_with_the_token():
+    from ragstream.triton.server import token_header
+
+    services = compose()["services"]
+    env = services["batch_inference"]["environment"]
+    assert services["batch_inference"]["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert env["RAGSTREAM_TRITON_URL"] == "triton:8001"  # gRPC
+    assert env["RAGSTREAM_TRITON_PROTOCOL"] == "grpc"
+    assert env["RAGSTREAM_TRITON_AUTH_HEADER_NAME"] == token_header("grpc")
+    assert env["RAGSTREAM_TRITON_AUTH_HEADER_FILE"] == "/run/secrets/triton_token"
+    assert "triton_token" in services["batch_inference"]["secrets"]
+    # the runtime's environment is kept (the service's own map replaces the anchor's)
+    assert env["RAGSTREAM_KAFKA_BOOTSTRAP"] == "kafka:9092"
+
+
+def _triton_settings(env: dict) -> list[str]:
+    return [k for k in env if k.startswith(("RAGSTREAM_TRITON_", "RAGSTREAM_INFERENCE_"))]
+
+
+def test_triton_and_inference_settings_are_real_settings():
+    """A misspelled RAGSTREAM_ variable is silently ignored: check the names against Settings."""
+    fields = set(Settings.model_fields)
+    named = [k for s in compose()["services"].values() for k in _triton_settings(
+        s.get("environment") or {})]
+    named += _triton_settings(_load_all(K8S / "base/configmap.yaml")[0]["data"])
+    assert "RAGSTREAM_INFERENCE_MAX_BATCH_SIZE" in named
+    for key in named:
+        assert key.removeprefix("RAGSTREAM_").removesuffix("_FILE").lower() in fields, key
 
 
 # Kubernetes -------------------------------------------------------------------------------------
@@ -350,7 +408,13 @@ def test_pods_carry_what_the_kubernetes_scrape_config_relabels(overlay):
     _, objects = overlay
     scrape = yaml.safe_load((ROOT / "infra/prometheus/kubernetes.yml").read_text())
     jobs = {j["job_name"]: j for j in scrape["scrape_configs"]}
-    assert set(jobs) == {"ragstream-workers", "ragstream-gateway"}
+    assert set(jobs) == {"ragstream-workers", "ragstream-gateway", "triton"}
+    # Triton runs apart (namespace triton, as RAGSTREAM_TRITON_URL says); its metrics port 8002
+    config = _by(objects, "ConfigMap")["ragstream-config"]["data"]
+    namespace = config["RAGSTREAM_TRITON_URL"].split(".")[1]
+    assert jobs["triton"]["kubernetes_sd_configs"][0]["namespaces"]["names"] == [namespace]
+    assert any(r.get("regex") == "8002" and r.get("action") == "keep"
+               for r in jobs["triton"]["relabel_configs"])
     wanted = {"ragstream-workers": ("worker", "metrics"), "ragstream-gateway": ("gateway", "http")}
     seen = set()
     for d in _by(objects, "Deployment").values():
@@ -382,6 +446,7 @@ def test_secrets_are_mounted_files_named_by_the_config(overlay):
             assert not re.search(r"PASSWORD|SECRET|TOKEN", key), f"{key} must be a *_FILE"
     for name, d in _by(objects, "Deployment").items():
         volumes = {v["name"]: v for v in _pod_spec(d)["volumes"]}
+
         assert volumes["secrets"]["secret"]["secretName"] == "ragstream-secrets", name
         for c in _containers(d):
             mounts = {m["mountPath"]: m for m in c["volumeMounts"]}

@@ -169,7 +169,19 @@ class BatchInferenceWorker(Worker):
                 CircuitBreaker(self.settings.inference_breaker_failures,
                                self.settings.inference_breaker_reset_s),
                 asyncio.Semaphore(inflight))
+            self._zero_series(info.name)
         return state
+
+    def _zero_series(self, model: str) -> None:
+        """A model's labelled series start at 0 once it is called, instead of appearing at the
+        first retry, fallback or error: rate() and the dashboard's panels see 0, not no data."""
+        self.m_retries.labels(model)
+        self.m_breaker.labels(model)  # a series made here is 0; an existing one keeps its value
+        for status in ("ok", "expired", "invalid", "failed"):
+            self.m_results.labels(model, status)
+        fallback = self.policy(model).fallback
+        if fallback:
+            self.m_fallback.labels(model, fallback)
 
     # the batch ---------------------------------------------------------------------------------
 
