@@ -163,6 +163,13 @@ async def test_expired_and_malformed_requests_do_not_fail_their_batch_mates(
     sent = runtime.metrics.registry.get_sample_value(
         "ragstream_inference_batch_size_sum", {"model": "minilm"})
     assert sent == 10
+    # results by status; a model Triton does not know gets no series of its own
+    def counted(model: str, status: str) -> float | None:
+        return runtime.metrics.registry.get_sample_value(
+            "ragstream_inference_results_total", {"model": model, "status": status})
+    assert (counted("minilm", "ok"), counted("minilm", "expired")) == (10, 3)
+    assert counted("minilm", "invalid") == 4 and counted("other", "invalid") == 1
+    assert counted("no_such_model", "invalid") is None
 
 
 async def test_triton_embedder_gives_the_local_minilm_vectors(triton, minilm, env):

@@ -90,6 +90,9 @@ class BatchInferenceWorker(Worker):
         if self.client is None:
             self.client = TritonClient(s)
         self._models: dict[str, _ModelState] = {}
+        # models Triton has described to us: only these name a metrics series, so requests for
+        # made-up models cannot grow the label set without bound (they count as "other")
+        self._known: set[str] = set()
         self._overrides: dict[str, dict] = {}
         self._overrides_mtime: float | None = None
         self._load_overrides(force=True)
@@ -212,6 +215,7 @@ class BatchInferenceWorker(Worker):
                 continue
             try:
                 info = await self.client.info(req.model, req.model_version)
+                self._known.add(info.name)
                 arrays = validate(req, info)
             except TritonRejected as exc:
                 self._answer(batch, event, "invalid", error=str(exc))
@@ -358,7 +362,7 @@ class BatchInferenceWorker(Worker):
                                     model_version=version or req.model_version, status=status,
                                     outputs=tensors, error=error, served_by=served_by)
         batch.emit(topic or req.reply_to, INFERENCE_COMPLETED, result, cause=event)
-        self._answered.append((req.model, status))
+        self._answered.append((req.model if req.model in self._known else "other", status))
         if status in ("invalid", "failed"):
             batch.reject(event, f"inference_{status}", error or status)
 
