@@ -206,7 +206,7 @@ async def test_every_dashboard_query_returns_series_from_a_live_scrape(env, sett
         # the alert rules loaded and evaluate without errors
         groups = httpx.get(base + "/api/v1/rules").json()["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        assert len(rules) == 9 and all(r["health"] == "ok" for r in rules), rules
+        assert len(rules) == 10 and all(r["health"] == "ok" for r in rules), rules
     finally:
         for proc in reversed(procs):
             proc.stop()
