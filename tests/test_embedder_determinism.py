@@ -10,10 +10,11 @@ from producers import reuters
 
 
 def test_vectors_do_not_depend_on_batch_mates(minilm):
-    texts = [d.text[:1500] for d in reuters.load(limit=40)]
+    # long, medium and short texts, so every length bucket and partly filled calls are exercised
+    texts = [t for d in reuters.load(limit=40) for t in (d.text[:1500], d.text[:200], d.title)]
     whole = minilm.embed(texts)
     rng = random.Random(7)
-    for size in (1, 2, 5, 17, 33):
+    for size in (1, 2, 5, 17, 33, 64, 100):
         picked = rng.sample(range(len(texts)), size)
         part = minilm.embed([texts[i] for i in picked])
         assert [part[j].tobytes() for j in range(size)] == [whole[i].tobytes() for i in picked]

@@ -121,7 +121,7 @@ class EmbeddingWorker(Worker):
         s = ctx.settings
         if self._embedder is None:
             # RAGSTREAM_EMBEDDER=triton: the model runs on Triton, through the shared client
-            self._embedder = await asyncio.to_thread(load_embedder, s, s.embed_batch_size)
+            self._embedder = await asyncio.to_thread(load_embedder, s)
         self.chunker = Chunker(self._embedder.model.tokenizer, s.chunk_tokens,
                                s.chunk_overlap_tokens)
         self._max_chunks = s.max_chunks_per_document
