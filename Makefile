@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/ragstream demo
 
 test: $(STAMP) $(TRITON_STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas.generate
