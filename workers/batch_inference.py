@@ -83,6 +83,9 @@ class BatchInferenceWorker(Worker):
 
     def __init__(self, client: TritonClient | None = None):
         self.client = client
+        # models Triton has described to us: only these name a metrics series, so requests for
+        # made-up models cannot grow the label set without bound (they count as "other")
+        self._known: set[str] = set()
 
     async def setup(self, ctx: WorkerContext) -> None:
         s = self.settings = ctx.settings
@@ -90,9 +93,6 @@ class BatchInferenceWorker(Worker):
         if self.client is None:
             self.client = TritonClient(s)
         self._models: dict[str, _ModelState] = {}
-        # models Triton has described to us: only these name a metrics series, so requests for
-        # made-up models cannot grow the label set without bound (they count as "other")
-        self._known: set[str] = set()
         self._overrides: dict[str, dict] = {}
         self._overrides_mtime: float | None = None
         self._load_overrides(force=True)
