@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import aiokafka
@@ -36,14 +37,17 @@ TOPIC = "documents.v1"
 BATCH = 500
 
 
-async def produce(settings: Settings, n: int) -> None:
+async def produce(settings: Settings, n: int, traced: bool = False) -> None:
+    """``n`` small documents; with ``traced``, each starts its own sampled trace."""
     text = "Showers continued throughout the week in the Bahia cocoa zone."
     producer = KafkaProducer(settings)
     await producer.start()
     try:
         for start in range(0, n, 5000):
-            await producer.send_all([encode(document_upserted(f"doc-{i}", text, version=1))
-                                     for i in range(start, min(start + 5000, n))])
+            await producer.send_all([encode(document_upserted(
+                f"doc-{i}", text, version=1,
+                traceparent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01" if traced else None))
+                for i in range(start, min(start + 5000, n))])
     finally:
         await producer.stop()
 

@@ -18,20 +18,17 @@ import json
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult  # noqa: E402
 
-from bench.runtime_overhead import BATCH, TOPIC, runtime_loop  # noqa: E402
-from producers.events import document_upserted  # noqa: E402
-from producers.publisher import encode  # noqa: E402
+from bench.runtime_overhead import BATCH, TOPIC, produce, runtime_loop  # noqa: E402
 from ragstream import tracing  # noqa: E402
 from ragstream.config import Settings  # noqa: E402
 from ragstream.stack import Tansu  # noqa: E402
-from ragstream.transport.kafka import KafkaProducer, ensure_topics  # noqa: E402
+from ragstream.transport.kafka import ensure_topics  # noqa: E402
 
 
 class Discard(SpanExporter):
@@ -44,20 +41,6 @@ class Discard(SpanExporter):
 
     def shutdown(self):
         pass
-
-
-async def produce(settings: Settings, n: int) -> None:
-    text = "Showers continued throughout the week in the Bahia cocoa zone."
-    producer = KafkaProducer(settings)
-    await producer.start()
-    try:
-        for start in range(0, n, 5000):
-            await producer.send_all([encode(document_upserted(
-                f"doc-{i}", text, version=1,
-                traceparent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"))
-                for i in range(start, min(start + 5000, n))])
-    finally:
-        await producer.stop()
 
 
 async def main() -> None:
@@ -79,7 +62,7 @@ async def main() -> None:
                                 batch_max_records=BATCH, batch_timeout_ms=200,
                                 group_prefix="bench", log_level="WARNING")
             await ensure_topics(settings, [TOPIC, TOPIC + ".dlq"], 6)
-            await produce(settings, n)
+            await produce(settings, n, traced=True)
             for r in range(rounds):
                 tracing.shutdown()
                 off.append((await runtime_loop(settings, n, f"bench.off{r}"))[0])
