@@ -7,7 +7,7 @@ optional field (the additive change that stays within a schema version).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,13 @@ from schemas.envelope import Identifier
 
 MAX_TEXT_CHARS = 2_000_000
 NO_NUL = r"^[^\x00]*$"
+# No NUL: the graph store cannot take it in a query parameter, so a document with one was
+# indexed but dead-lettered by the graph worker, and the stores disagreed (chaos suite).
+# Rejected at the contract, every consumer dead-letters it alike; the gateway's body takes the
+# same types, so it answers 422 instead of failing to build the event.
+DocumentTitle = Annotated[str, Field(max_length=10_000, pattern=NO_NUL)]
+DocumentText = Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=NO_NUL)]
+DocumentMetadata = dict[str, str | int | float | bool | None]
 
 
 class Payload(BaseModel):
@@ -29,12 +36,9 @@ class DocumentUpserted(Payload):
 
     doc_id: str = Identifier
     version: int = Field(ge=0)
-    # No NUL: the graph store cannot take it in a query parameter, so a document with one was
-    # indexed but dead-lettered by the graph worker, and the stores disagreed (chaos suite).
-    # Rejected at the contract, every consumer dead-letters it alike.
-    title: str = Field(default="", max_length=10_000, pattern=NO_NUL)
-    text: str = Field(max_length=MAX_TEXT_CHARS, pattern=NO_NUL)
-    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    title: DocumentTitle = ""
+    text: DocumentText
+    metadata: DocumentMetadata = Field(default_factory=dict)
 
 
 class DocumentDeleted(Payload):

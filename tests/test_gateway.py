@@ -103,6 +103,11 @@ def test_auth_scope_size_body_and_rate_paths(server, keys):
     r = httpx.put(url + "/v1/documents/d1", json={"text": "t"}, headers=auth(keys, "publisher"))
     assert r.status_code == 422
     assert any(e["loc"][-1] == "version" for e in r.json()["detail"])
+    for field in ("title", "text"):  # the documents.v1 contract refuses NUL: a 422, not a 500
+        doc = {"text": "t", "version": 1, field: "a\u0000b"}
+        r = httpx.put(url + "/v1/documents/d1", json=doc, headers=auth(keys, "publisher"))
+        assert r.status_code == 422, r.text
+        assert [e["loc"][-1] for e in r.json()["detail"]] == [field]
     r = httpx.post(url + "/v1/events", content=b"{nope", headers={
         **auth(keys, "publisher"), "Content-Type": "application/json"})
     assert r.status_code == 422

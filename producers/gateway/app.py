@@ -40,6 +40,7 @@ from ragstream.stores.redis import connect
 from ragstream.transport.base import OutMessage
 from schemas.catalogue import INFERENCE_REQUESTED, TOPICS, DecodeError
 from schemas.envelope import Envelope
+from schemas.payloads import DocumentMetadata, DocumentText, DocumentTitle
 from schemas.payloads import InferenceCompleted, InferenceRequested, Tensor
 
 log = logging.getLogger("ragstream.gateway")
@@ -71,10 +72,10 @@ class EventsOut(BaseModel):
 
 
 class DocumentIn(BaseModel):
-    text: str = Field(max_length=2_000_000)
-    title: str = Field(default="", max_length=10_000)
+    text: DocumentText
+    title: DocumentTitle = ""
     version: int = Field(ge=0)
-    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    metadata: DocumentMetadata = Field(default_factory=dict)
 
 
 class Accepted(BaseModel):
