@@ -138,8 +138,9 @@ async def test_expired_and_malformed_requests_do_not_fail_their_batch_mates(
         request("no_such_model", {"text": ("BYTES", [1], ["a"])}, correlation_id="bad-model"),
         request("minilm", {"text": ("BYTES", [1], ["a", "b"])}, correlation_id="bad-count"),
     ]
-    # interleaved, so the bad ones sit inside the good ones' batch
-    mixed = [e for trio in zip(good[:5], bad, expired + [None] * 2) for e in trio if e] + good[5:]
+    # the bad ones interleaved, so they sit inside the good ones' batch; the expired ones
+    # first, so they are answered before their model is first looked up
+    mixed = expired + [e for pair in zip(good[:5], bad) for e in pair] + good[5:]
     await publish(infer_settings, mixed)
     async with running(BatchInferenceWorker(), infer_settings) as runtime:
         out = await results(infer_settings, len(mixed))

@@ -192,9 +192,11 @@ class BatchInferenceWorker(Worker):
         self._load_overrides()
         self._answered: list[tuple[str, str]] = []
         await self._process(batch)
-        # counted once the whole batch is answered; a batch rewound for backpressure counts later
+        # Counted once the whole batch is answered (a batch rewound for backpressure counts
+        # later), and labelled then: an expired request answered before its model's first
+        # look-up in the batch (another partition's records come first) still gets its model.
         for model, status in self._answered:
-            self.m_results.labels(model, status).inc()
+            self.m_results.labels(model if model in self._known else "other", status).inc()
 
     async def _process(self, batch: Batch) -> None:
         now = datetime.now(UTC)
@@ -362,7 +364,7 @@ class BatchInferenceWorker(Worker):
                                     model_version=version or req.model_version, status=status,
                                     outputs=tensors, error=error, served_by=served_by)
         batch.emit(topic or req.reply_to, INFERENCE_COMPLETED, result, cause=event)
-        self._answered.append((req.model if req.model in self._known else "other", status))
+        self._answered.append((req.model, status))
         if status in ("invalid", "failed"):
             batch.reject(event, f"inference_{status}", error or status)
 
