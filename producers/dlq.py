@@ -1,4 +1,5 @@
-"""Dead-letter replay: put dead letters back on their original topic, bytes unchanged."""
+"""Dead letters: read them (``describe``), and replay them to their original topic, bytes
+unchanged."""
 
 from __future__ import annotations
 
@@ -10,9 +11,19 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from producers.publisher import Publisher
 from ragstream.config import Settings
-from ragstream.transport.base import OutMessage
+from ragstream.transport.base import OutMessage, Record
 from ragstream.transport.kafka import connection_options
 from schemas.catalogue import DLQ_SUFFIX
+
+
+def describe(record: Record, preview_bytes: int = 4096) -> dict:
+    """A dead letter as JSON: where it failed and why (its ``x-`` headers), and the head of its
+    bytes. They need not be UTF-8 or JSON: invalid bytes show as ``\\xNN``."""
+    return {"partition": record.partition, "offset": record.offset,
+            "headers": {k: v.decode("utf-8", "replace") for k, v in record.headers
+                        if k.startswith("x-")},
+            "bytes": len(record.value), "cut": len(record.value) > preview_bytes,
+            "value": record.value[:preview_bytes].decode("utf-8", "backslashreplace")}
 
 
 async def replay(settings: Settings, dlq_topic: str, *, reason: str | None = None,

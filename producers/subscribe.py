@@ -33,7 +33,7 @@ async def subscribe(settings: Settings, topic_name: str, *, group: str | None = 
                     from_beginning: bool = False) -> AsyncIterator[tuple[Envelope, Record]]:
     spec = topic(topic_name)
     # aclosing: closing this stream must close the consumer too, not leave it to the GC
-    async with contextlib.aclosing(_records(settings, topic_name, group, from_beginning)) as rs:
+    async with contextlib.aclosing(records(settings, topic_name, group, from_beginning)) as rs:
         async for record in rs:
             try:
                 envelope = decode(spec, record.value, settings.max_event_bytes)
@@ -44,8 +44,9 @@ async def subscribe(settings: Settings, topic_name: str, *, group: str | None = 
             yield envelope, record
 
 
-async def _records(settings: Settings, topic_name: str, group: str | None,
-                   from_beginning: bool) -> AsyncIterator[Record]:
+async def records(settings: Settings, topic_name: str, group: str | None = None,
+                  from_beginning: bool = False) -> AsyncIterator[Record]:
+    """A topic's raw records, undecoded (dead-letter topics hold bytes that may not decode)."""
     if settings.transport == "rabbitmq":
         if group is None:
             raise ValueError("on RabbitMQ a subscriber needs a group: only a bound queue keeps "

@@ -290,23 +290,46 @@ def tail(
         help="Only subjects matching this glob, e.g. 'reuters-1*'.")] = None,
     where: Annotated[list[str] | None, typer.Option(
         help="Only events whose data field equals a value: field=value (repeatable).")] = None,
+    reason: Annotated[str | None, typer.Option(
+        help="A dead-letter topic: only dead letters with this reason.")] = None,
 ) -> None:
-    """Print a topic's events as JSON lines, for downstream consumers and debugging."""
-    from producers.subscribe import EventFilter, subscribe
+    """Print a topic's events as JSON lines, for downstream consumers and debugging. A
+    dead-letter topic (``*.dlq``) prints each dead letter's error headers and the head of its
+    bytes."""
+    from producers.subscribe import EventFilter, records, subscribe
+    from schemas.catalogue import DLQ_SUFFIX
 
     cfg = settings()
+    dead_letters = topic_name.endswith(DLQ_SUFFIX)
+    if dead_letters and (event_type or subject or where):
+        raise typer.BadParameter("--type, --subject and --where filter events; a dead letter "
+                                 "need not decode: filter it with --reason")
+    if reason and not dead_letters:
+        raise typer.BadParameter("--reason filters a dead-letter topic (*.dlq)")
     wanted = EventFilter.parse(event_type or [], subject, where or [])
+
+    async def lines():
+        if dead_letters:
+            from producers.dlq import describe
+
+            async for record in records(cfg, topic_name, from_beginning=from_beginning):
+                letter = describe(record)
+                if reason is None or letter["headers"].get("x-error-reason") == reason:
+                    yield letter
+            return
+        async for envelope, record in subscribe(cfg, topic_name, from_beginning=from_beginning):
+            if wanted.matches(envelope):
+                yield {"partition": record.partition, "offset": record.offset,
+                       "event": envelope.model_dump(mode="json")}
 
     async def run() -> None:
         n = 0
-        async for envelope, record in subscribe(cfg, topic_name, from_beginning=from_beginning):
-            if not wanted.matches(envelope):
-                continue
-            print(json.dumps({"partition": record.partition, "offset": record.offset,
-                              "event": envelope.model_dump(mode="json")}), flush=True)
-            n += 1
-            if limit and n >= limit:
-                return
+        async with contextlib.aclosing(lines()) as stream:
+            async for line in stream:
+                print(json.dumps(line), flush=True)
+                n += 1
+                if limit and n >= limit:
+                    return
 
     asyncio.run(run())
 

@@ -110,3 +110,37 @@ async def test_tail_filters_by_type_subject_and_field(env, settings, topics):
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
     assert json.loads(line)["event"]["subject"] == "news-2"
+
+
+async def test_tail_prints_dead_letters_with_their_reason_and_bytes(env, settings, topics):
+    from producers.publisher import Publisher
+    from ragstream.transport.base import OutMessage
+    from tests.helpers import eventually, running
+    from workers.echo import EchoWorker
+
+    bad = [b"\xff\xfenot utf-8", b'{"truncated": ', b"x" * 10_000]
+    async with Publisher(settings) as pub:
+        await pub.send_raw([OutMessage("documents.v1", b"k", v, []) for v in bad])
+    async with running(EchoWorker(), settings):
+        async def all_dead() -> bool:
+            return len(await read_topic(settings, "documents.v1.dlq", timeout=0.5)) == 3
+        await eventually(all_dead, 30, message="three dead letters")
+
+    result = ragstream("tail", "documents.v1.dlq", "--from-beginning", "--limit", "3",
+                       env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    letters = sorted((json.loads(line) for line in result.stdout.splitlines()),
+                     key=lambda x: x["bytes"])
+    assert [x["bytes"] for x in letters] == sorted(len(v) for v in bad)
+    assert letters[0]["value"] == "\\xff\\xfenot utf-8"  # bytes that do not decode still show
+    assert letters[2]["cut"] and len(letters[2]["value"]) == 4096
+    for x in letters:
+        assert x["headers"]["x-original-topic"] == "documents.v1"
+        assert x["headers"]["x-error-reason"] and x["headers"]["x-stage"] == "decode"
+
+    reason = letters[1]["headers"]["x-error-reason"]
+    only = ragstream("tail", "documents.v1.dlq", "--from-beginning", "--limit", "1",
+                     "--reason", reason, env=env, timeout=60)
+    assert json.loads(only.stdout)["headers"]["x-error-reason"] == reason
+    refused = ragstream("tail", "documents.v1.dlq", "--type", "x", env=env, timeout=60)
+    assert refused.returncode == 2 and "--reason" in refused.stderr
