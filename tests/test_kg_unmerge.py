@@ -10,6 +10,7 @@ from ragstream.nlp.gazetteer import Gazetteer
 from ragstream.nlp.recognise import Mention
 from ragstream.nlp.resolve import Resolver
 from tests.kg_support import assert_consistent, graph  # noqa: F401  (fixture)
+from tests.helpers import read_topic
 from tests.test_cli import ragstream
 
 TEXT = "Asher Edelman bid for Dominion Textile. Edelman said Dominion Textile would answer."
@@ -72,7 +73,7 @@ def _dominion(linked) -> str:
     return next(e.id for e in linked if e.name == "Dominion Textile")
 
 
-async def test_graph_cli_lists_merges_and_unmerges_one(env, graph):
+async def test_graph_cli_lists_merges_and_unmerges_one(env, settings, topics, graph):
     linked = await write(graph, "d", 1, Resolver())
     edelman = next(e for e in linked if e.name == "Asher Edelman")
     listed = ragstream("graph", "merges", "--json", env=env)
@@ -84,7 +85,16 @@ async def test_graph_cli_lists_merges_and_unmerges_one(env, graph):
     assert wrong.returncode == 1 and "nothing" in wrong.stdout + wrong.stderr
     done = ragstream("graph", "unmerge", "d", edelman.id, "--surface", "Edelman", env=env)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["surfaces"] == ["Edelman"]
+    result = json.loads(done.stdout)
+    assert result["surfaces"] == ["Edelman"]
+    # the GCN hears of it: every entity and edge the document had or has now
+    (record,) = await read_topic(settings, "kg.changes.v1", timeout=1)
+    change = json.loads(record.value)["data"]
+    (bare,) = result["to"]
+    dominion = _dominion(linked)
+    assert change["entities"] == sorted([edelman.id, bare, dominion])
+    assert sorted(map(tuple, change["edges"])) == sorted(
+        tuple(sorted(p)) for p in [(edelman.id, dominion), (edelman.id, bare), (bare, dominion)])
     again = ragstream("graph", "unmerge", "d", edelman.id, env=env)
     assert again.returncode == 1
     stats = json.loads(ragstream("graph", "stats", env=env).stdout)

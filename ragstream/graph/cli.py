@@ -75,13 +75,37 @@ def unmerge(
     surface: Annotated[str | None, typer.Option(help="Only the mentions written so.")] = None,
 ) -> None:
     """Undo a merge in one document: the mentions of ENTITY_ID that came from another name go
-    to the entity they would have been on their own; later resolutions never merge them again."""
+    to the entity they would have been on their own; later resolutions never merge them again.
+    The entities and edges it touched go out on kg.changes.v1, so the GCN refreshes them."""
     try:
         result = _run(lambda store: store.unmerge(doc_id, entity_id, surface))
     except LookupError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     print(json.dumps(result))
+    try:
+        asyncio.run(_publish_change(result))
+    except Exception as exc:  # the graph is changed already: say what is missing
+        console.print(f"[red]the merge is undone, but kg.changes.v1 was not published "
+                      f"({exc!r}); the GCN sees it at its next full retrain[/red]")
+        raise typer.Exit(1) from exc
+
+
+async def _publish_change(result: dict) -> None:
+    from producers.publisher import Publisher
+    from ragstream.cli import settings
+    from schemas.catalogue import KG_CHANGED
+    from schemas.envelope import Envelope, derived_event_id
+    from schemas.payloads import KgChanged
+
+    change = KgChanged(doc_id=result["doc"], doc_version=result["version"],
+                       entities=result["entities"], edges=result["edges"])
+    envelope = Envelope(
+        id=derived_event_id(KG_CHANGED, "unmerge", result["doc"], result["from"], *result["to"]),
+        type=KG_CHANGED, source="ragstream/cli", subject=result["doc"],
+        data=change.model_dump(mode="json"))
+    async with Publisher(settings()) as pub:
+        await pub.publish([envelope])
 
 
 @graph_app.command("unmerges")

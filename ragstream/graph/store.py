@@ -185,8 +185,11 @@ class GraphStore:
         await self._write(cypher.DROP_ALIASES, {"id": entity_id, "surfaces": sorted(moved_surfaces)})
         await self.tidy((), [] if remaining else [entity_id])
         await self.bump_gazetteer_version()
-        return {"doc": doc_id, "from": entity_id, "to": sorted(groups),
-                "mentions": len(moved_spans), "surfaces": sorted(moved_surfaces)}
+        return {"doc": doc_id, "version": state.version, "from": entity_id, "to": sorted(groups),
+                "mentions": len(moved_spans), "surfaces": sorted(moved_surfaces),
+                # what kg.changes.v1 names, as for a worker's write: the GCN refreshes these
+                "entities": sorted(set(state.entities) | set(links)),
+                "edges": sorted(set(change.old_pairs) | set(change.new_pairs))}
 
     # inspection ---------------------------------------------------------------------------------
 
