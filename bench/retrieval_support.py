@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragstream.config import Settings
-from ragstream.runner import make_runtime
+from ragstream.runner import running
 from ragstream.stack import embedded_services
 from ragstream.transport import ensure_topics
 from schemas.catalogue import all_topic_names
@@ -57,17 +57,6 @@ def services(**overrides) -> Settings:
 
 @contextlib.asynccontextmanager
 async def pipeline(settings: Settings, embedder) -> AsyncIterator[None]:
-    runtimes = [make_runtime(EmbeddingWorker(embedder), settings),
-                make_runtime(ReindexWorker(), settings)]
-    tasks = [asyncio.create_task(r.run()) for r in runtimes]
-    try:
-        while not all(r._ready for r in runtimes):
-            for t in tasks:
-                if t.done():
-                    t.result()
-            await asyncio.sleep(0.05)
+    """The embedding and reindex workers, in this process."""
+    async with running(EmbeddingWorker(embedder), settings), running(ReindexWorker(), settings):
         yield
-    finally:
-        for r in runtimes:
-            r.stop()
-        await asyncio.gather(*tasks)

@@ -1,10 +1,14 @@
-"""Build a runtime for a worker on the configured transport, and serve it until SIGTERM."""
+"""Build a runtime for a worker on the configured transport, and serve it until SIGTERM, or run
+it inside a block of this process (tests and benchmarks)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
+import time
+from collections.abc import AsyncIterator
 
 from ragstream import tracing
 from ragstream.config import Settings
@@ -32,3 +36,24 @@ async def serve(worker: Worker, settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stop)
     await runtime.run()
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker, settings: Settings, *, ready_timeout_s: float = 30,
+                  **kw) -> AsyncIterator[WorkerRuntime]:
+    """Run a worker in this process until the block ends, then drain it as SIGTERM would."""
+    runtime = make_runtime(worker, settings, **kw)
+    task = asyncio.create_task(runtime.run())
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while not runtime.ready:
+            if task.done():
+                task.result()  # the worker's own error
+                raise RuntimeError(f"worker {worker.name} stopped before it was ready")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker {worker.name} not ready within {ready_timeout_s} s")
+            await asyncio.sleep(0.05)
+        yield runtime
+    finally:
+        runtime.stop()
+        await asyncio.wait_for(task, 60)

@@ -289,6 +289,11 @@ class WorkerRuntime:
 
     # lifecycle ---------------------------------------------------------------------------------
 
+    @property
+    def ready(self) -> bool:
+        """Consuming, with partitions assigned (what ``/readyz`` answers)."""
+        return self._ready
+
     def stop(self) -> None:
         """Ask for a graceful stop: finish the batch in flight, commit, leave the group."""
         self._stopping.set()

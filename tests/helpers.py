@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiokafka
 
 from ragstream.config import Settings
-from ragstream.runner import make_runtime
-from ragstream.runtime import Worker, WorkerRuntime
+from ragstream.runner import running  # noqa: F401  (the suites import it from here)
 from ragstream.stack import ManagedProcess, worker_process
 from ragstream.transport.base import Record
 from ragstream.transport.kafka import connection_options
@@ -27,25 +25,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, inter
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not met within {timeout}s")
         await asyncio.sleep(interval)
-
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker, settings: Settings, **kw) -> AsyncIterator[WorkerRuntime]:
-    """Run a worker in this process on the configured transport; drain it on exit."""
-    runtime = make_runtime(worker, settings, **kw)
-    task = asyncio.create_task(runtime.run())
-    try:
-        await eventually(lambda: _ready(runtime, task), 30, message="worker ready")
-        yield runtime
-    finally:
-        runtime.stop()
-        await asyncio.wait_for(task, 60)
-
-
-async def _ready(runtime: WorkerRuntime, task: asyncio.Task) -> bool:
-    if task.done():
-        task.result()  # raise the worker's error
-    return runtime._ready
 
 
 def start_worker(name: str, env: dict[str, str], data_dir: Path, tag: str = "") -> ManagedProcess:

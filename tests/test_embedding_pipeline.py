@@ -4,7 +4,6 @@ real Tansu and FalkorDB: upsert, update of one paragraph, delete, bad input, rep
 from __future__ import annotations
 
 import json
-import uuid
 
 from aiokafka import AIOKafkaProducer
 

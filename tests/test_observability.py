@@ -13,7 +13,6 @@ import asyncio
 import json
 import math
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -21,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 
 from producers.gateway.auth import new_key

@@ -29,7 +29,7 @@ from ragstream.chunking import Chunk, Chunker
 from ragstream.embedders import Embedder, load_embedder
 from ragstream.runtime import Batch, Event, Sink, Worker, WorkerContext
 from ragstream.stores.redis import connect
-from schemas.catalogue import CHUNK_EMBEDDED, CHUNKS_DELETED, DOCUMENT_DELETED
+from schemas.catalogue import CHUNK_EMBEDDED, CHUNKS_DELETED
 from schemas.payloads import ChunkEmbedded, ChunksDeleted, DocumentDeleted, DocumentUpserted
 
 OUT_TOPIC = "chunks.embedded.v1"
