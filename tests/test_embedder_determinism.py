@@ -29,3 +29,17 @@ def test_a_query_vector_is_the_stored_vector_of_the_same_text(minilm):
         assert fast.dtype == np.float32 and fast.shape == stored.shape
         assert np.abs(fast - stored).max() < 1e-6
         assert fast.tobytes() != np.zeros_like(fast).tobytes()
+
+
+def test_the_spare_row_fallback_stores_the_same_bytes(minilm):
+    """Where a vector would depend on the row count, every call is padded to ``rows`` rows; here
+    it does not (so a lone text costs one row), and both ways give the same bytes."""
+    texts = [d.text[:n] for d in reuters.load(limit=12) for n in (90, 400, 1200)]
+    free = minilm.embed(texts)
+    assert minilm._pad_rows is False, "this machine's vectors depend on the row count"
+    minilm._pad_rows = True
+    try:
+        padded = minilm.embed(texts)
+    finally:
+        minilm._pad_rows = False
+    assert [v.tobytes() for v in padded] == [v.tobytes() for v in free]

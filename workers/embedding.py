@@ -122,6 +122,9 @@ class EmbeddingWorker(Worker):
         if self._embedder is None:
             # RAGSTREAM_EMBEDDER=triton: the model runs on Triton, through the shared client
             self._embedder = await asyncio.to_thread(load_embedder, s)
+        # the first call's one-off costs (MiniLM's row-count check, kernel set-up) fall here,
+        # not on the first batch's freshness
+        await asyncio.to_thread(self._embedder.embed, ["warm-up"])
         self.chunker = Chunker(self._embedder.model.tokenizer, s.chunk_tokens,
                                s.chunk_overlap_tokens)
         self._max_chunks = s.max_chunks_per_document
