@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -302,3 +303,61 @@ async def test_triton_down_for_15s_loses_nothing_and_duplicates_nothing(
     assert paused and paused > 0, "the outage must have paused consumption"
     dlq = await read_topic(infer_settings, "inference.requests.v1.dlq", timeout=0.5)
     assert dlq == []
+
+
+def _pki(folder) -> dict[str, str]:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", "ca.key",
+        "-out", "ca.crt", "-subj", "/CN=ragstream test CA")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (folder / f"{name}.ext").write_text(ext + "\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-out", f"{name}.crt", "-extfile", f"{name}.ext")
+    return {n: str(folder / n) for n in ("ca.crt", "server.crt", "server.key", "client.crt",
+                                         "client.key")}
+
+
+async def test_mutual_tls_over_grpc(env, topics, tmp_path_factory):
+    """The worker reaches a Triton that serves gRPC over mutual TLS with the files its settings
+    name; a client without a certificate, or without TLS, gets nowhere."""
+    from ragstream.triton.client import TritonClient
+
+    folder = tmp_path_factory.mktemp("tls")  # short: PyTriton's unix sockets live below it
+    pki = _pki(folder)
+    server = TritonServer(folder, models="minilm", extra_args=[
+        "--grpc-server-cert", pki["server.crt"], "--grpc-server-key", pki["server.key"],
+        "--grpc-root-cert", pki["ca.crt"]])
+    server.start()
+    try:
+        base = {**env, **server.worker_env("grpc"), "RAGSTREAM_TRITON_TIMEOUT_S": "5"}
+
+        def settings(**tls: str) -> Settings:
+            values = {**base, **tls}
+            return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+
+        good = settings(RAGSTREAM_TRITON_SSL="true",
+                        RAGSTREAM_TRITON_ROOT_CERTIFICATES=pki["ca.crt"],
+                        RAGSTREAM_TRITON_CERTIFICATE_CHAIN=pki["client.crt"],
+                        RAGSTREAM_TRITON_PRIVATE_KEY=pki["client.key"])
+        for refused in (settings(RAGSTREAM_TRITON_SSL="true",
+                                 RAGSTREAM_TRITON_ROOT_CERTIFICATES=pki["ca.crt"]),
+                        settings()):
+            client = TritonClient(refused)
+            try:
+                assert not await client.ready()
+            finally:
+                await client.close()
+
+        await publish(good, [embed_request(text(i), correlation_id=f"tls{i}") for i in range(8)])
+        async with running(BatchInferenceWorker(), good):
+            out = await results(good, 8)
+        assert sorted(r["correlation_id"] for r in out) == sorted(f"tls{i}" for i in range(8))
+        assert all(r["status"] == "ok" for r in out), out[:2]
+    finally:
+        server.stop()

@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="MiniLM sub-batch inside one Triton batch (length-sorted)")
     p.add_argument("--protect", default="",
                    help="more endpoints that need the access token, e.g. inference,metadata")
+    p.add_argument("--grpc-server-cert", help="PEM file: serve gRPC over TLS with this certificate")
+    p.add_argument("--grpc-server-key", help="PEM file: the certificate's private key")
+    p.add_argument("--grpc-root-cert",
+                   help="PEM file: with it, gRPC clients must present a certificate it signed")
     args = p.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -103,9 +107,15 @@ def main(argv: list[str] | None = None) -> None:
                                 outputs=[Tensor(name="score", dtype=np.float32, shape=(1,))]),
     }
     models["minilm_backup"] = models["minilm"]
+    tls = {}
+    if args.grpc_server_cert:  # Triton's HTTP endpoint has no TLS of its own: put a proxy before it
+        tls = dict(grpc_use_ssl=True, grpc_server_cert=args.grpc_server_cert,
+                   grpc_server_key=args.grpc_server_key)
+        if args.grpc_root_cert:
+            tls.update(grpc_use_ssl_mutual=True, grpc_root_cert=args.grpc_root_cert)
     triton_config = TritonConfig(http_address=args.host, http_port=args.http_port,
                                  grpc_address=args.host, grpc_port=args.grpc_port,
-                                 metrics_address=args.host, metrics_port=args.metrics_port)
+                                 metrics_address=args.host, metrics_port=args.metrics_port, **tls)
     token = os.environ.get("RAGSTREAM_TRITON_ACCESS_TOKEN")
     if not token and os.environ.get("RAGSTREAM_TRITON_ACCESS_TOKEN_FILE"):
         with open(os.environ["RAGSTREAM_TRITON_ACCESS_TOKEN_FILE"]) as f:
