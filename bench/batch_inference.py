@@ -154,7 +154,7 @@ async def run_mode(name: str, worker_env: dict[str, str], texts: list[str], conc
            "RAGSTREAM_TOPIC_PARTITIONS": "4", "RAGSTREAM_GROUP_PREFIX": f"b{uuid.uuid4().hex[:6]}",
            "RAGSTREAM_DATA_DIR": str(data_dir / name), "RAGSTREAM_LOG_LEVEL": "WARNING",
            "RAGSTREAM_METRICS_PORT": str(free_port()), **triton.worker_env("grpc"), **worker_env}
-    settings = Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in env.items()})
+    settings = Settings.from_env(env)
     await ensure_topics(settings, all_topic_names(), 4)
     worker = worker_process("batch_inference", env, data_dir / name)
     worker.start()

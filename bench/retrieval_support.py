@@ -48,9 +48,8 @@ def services(**overrides) -> Settings:
     """Fresh embedded Tansu and FalkorDB in a temporary folder, and settings that reach them."""
     with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as tmp, \
             embedded_services(Path(tmp), env={}) as svc:
-        env = {k.removeprefix("RAGSTREAM_").lower(): v for k, v in svc.env.items()}
-        settings = Settings(**env, topic_partitions=4, batch_timeout_ms=20,
-                            log_level="WARNING", **overrides)
+        settings = Settings.from_env(svc.env, topic_partitions=4, batch_timeout_ms=20,
+                                     log_level="WARNING", **overrides)
         asyncio.run(ensure_topics(settings, all_topic_names(), settings.topic_partitions))
         yield settings
 

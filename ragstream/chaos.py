@@ -236,9 +236,8 @@ class RunResult:
 
 
 def _settings(env: dict[str, str]) -> Settings:
-    return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in env.items()
-                       if k.startswith("RAGSTREAM_") and not k.startswith(("RAGSTREAM_KG_",
-                                                                            "RAGSTREAM_GCN_"))})
+    return Settings.from_env({k: v for k, v in env.items() if k.startswith("RAGSTREAM_")
+                              and not k.startswith(("RAGSTREAM_KG_", "RAGSTREAM_GCN_"))})
 
 
 class Run:

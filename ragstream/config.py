@@ -7,6 +7,7 @@ Secrets are ``SecretStr``: they print as ``**********`` and are registered with 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,6 +140,12 @@ class Settings(BaseSettings):
                     if password:
                         _secret_values.add(password)
         return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Settings from ``RAGSTREAM_*`` variables given as a mapping (what a child process or an
+        embedded stack is handed), over this process's own environment."""
+        return cls(**{k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()}, **overrides)
 
     def group_id(self, worker: str) -> str:
         return f"{self.group_prefix}.{worker}"

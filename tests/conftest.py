@@ -67,7 +67,7 @@ def transport_env(request, env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def transport_settings(transport_env: dict[str, str]) -> Settings:
-    return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in transport_env.items()})
+    return Settings.from_env(transport_env)
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ async def transport_topics(transport_settings: Settings) -> None:
 
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
-    return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in env.items()})
+    return Settings.from_env(env)
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def infer_settings(env: dict[str, str], triton: TritonServer, protocol: str) -> 
               "RAGSTREAM_INFERENCE_MAX_DELAY_MS": "20",
               "RAGSTREAM_INFERENCE_RETRY_BACKOFF_S": "0.05",
               "RAGSTREAM_INFERENCE_BREAKER_RESET_S": "1"}
-    return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+    return Settings.from_env(values)
 
 
 async def publish(settings: Settings, envelopes) -> None:
@@ -178,7 +178,7 @@ async def test_triton_embedder_gives_the_local_minilm_vectors(triton, minilm, en
     texts = [text(i) for i in range(20)] + ["", "a much longer text " * 40]
     for protocol in ("grpc", "http"):
         values = {**env, **triton.worker_env(protocol), "RAGSTREAM_EMBEDDER": "triton"}
-        settings = Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+        settings = Settings.from_env(values)
         embedder = await asyncio.to_thread(TritonEmbedder, settings)
         assert embedder.info.max_batch_size == 64 and embedder.model_id == minilm.model_id
         got = await asyncio.to_thread(embedder.embed, texts)
@@ -196,7 +196,7 @@ async def test_embedding_worker_embeds_through_triton(env, topics, triton, minil
     from workers.embedding import EmbeddingWorker
 
     values = {**env, **triton.worker_env("grpc"), "RAGSTREAM_EMBEDDER": "triton"}
-    settings = Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+    settings = Settings.from_env(values)
     docs = {f"d{i}": " ".join(text(i + j) for j in range(4)) for i in range(3)}
     await publish(settings, [document_upserted(d, t, version=1) for d, t in docs.items()])
     async with running(EmbeddingWorker(), settings) as runtime:
@@ -236,7 +236,7 @@ async def test_breaker_opens_and_the_fallback_model_answers(env, topics, triton)
               "RAGSTREAM_INFERENCE_RETRIES": "1", "RAGSTREAM_INFERENCE_BREAKER_FAILURES": "2",
               "RAGSTREAM_INFERENCE_BREAKER_RESET_S": "60",
               "RAGSTREAM_INFERENCE_MODELS": json.dumps({"minilm": {"fallback": "minilm_backup"}})}
-    settings = Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+    settings = Settings.from_env(values)
     control = grpcclient.InferenceServerClient(triton.grpc_url)
     try:
         async with running(BatchInferenceWorker(), settings) as runtime:
@@ -339,7 +339,7 @@ async def test_mutual_tls_over_grpc(env, topics, tmp_path_factory):
 
         def settings(**tls: str) -> Settings:
             values = {**base, **tls}
-            return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in values.items()})
+            return Settings.from_env(values)
 
         good = settings(RAGSTREAM_TRITON_SSL="true",
                         RAGSTREAM_TRITON_ROOT_CERTIFICATES=pki["ca.crt"],

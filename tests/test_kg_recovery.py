@@ -46,7 +46,7 @@ def with_prefix(env: dict[str, str], **extra) -> dict[str, str]:
 
 
 def settings_of(env: dict[str, str]) -> Settings:
-    return Settings(**{k.removeprefix("RAGSTREAM_").lower(): v for k, v in env.items()})
+    return Settings.from_env(env)
 
 
 async def progress(store, doc_ids, at_least: int, timeout: float) -> None:
