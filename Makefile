@@ -22,8 +22,18 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ragstream demo
 
-test: $(STAMP) $(TRITON_STAMP)
+test: $(STAMP) $(TRITON_STAMP) test-tools
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+# What the tests need beyond Python: Debian's prometheus package (promtool checks the alert rules,
+# the server scrapes live workers in the dashboard test). Nothing to do when both are there.
+.PHONY: test-tools
+test-tools:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
+	fi
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas.generate

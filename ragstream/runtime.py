@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 import redis.exceptions
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError
 
+from ragstream.errors import PermanentError, SinkUnavailable
+from ragstream.sinks import Sink
 from ragstream import tracing
 from ragstream.config import Settings
 from ragstream.logs import event_id_var, trace_id_var, worker_var
@@ -40,20 +42,6 @@ from schemas.envelope import Envelope, derived_event_id
 from schemas.payloads import Payload
 
 log = logging.getLogger(__name__)
-
-
-class PermanentError(Exception):
-    """This input can never be processed as it is: dead-letter it without retrying."""
-
-    reason = "permanent"
-
-
-class SinkUnavailable(Exception):
-    """A store is down or overloaded: pause the partitions and retry later. Never drop."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -145,13 +133,6 @@ def _child_traceparent(parent: str | None, event_id: str) -> str | None:
         return None
     _, trace_id, _, flags = parent.split("-")
     return f"00-{trace_id}-{event_id.replace('-', '')[:16]}-{flags}"
-
-
-class Sink(ABC):
-    """A store the runtime flushes after ``process``. ``flush`` must be idempotent."""
-
-    @abstractmethod
-    async def flush(self, items: list[Any]) -> None: ...
 
 
 @dataclass

@@ -35,7 +35,7 @@ from producers.publisher import Publisher, encode, topic_for
 from ragstream import tracing
 from ragstream.config import Settings
 from ragstream.metrics import LATENCY_BUCKETS
-from ragstream.runtime import SinkUnavailable
+from ragstream.errors import SinkUnavailable
 from ragstream.stores.redis import connect
 from ragstream.transport.base import OutMessage
 from schemas.catalogue import INFERENCE_REQUESTED, TOPICS, DecodeError

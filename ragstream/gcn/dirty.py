@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import redis.asyncio
 
-from ragstream.runtime import Sink
+from ragstream.sinks import Sink
 from schemas.payloads import KgChanged
 
 

@@ -16,7 +16,7 @@ import redis.exceptions
 from ragstream.graph.dialect import (
     FALKORDB, FALKORDB_INDEXES, NEO4J, NEO4J_CONSTRAINTS, UNIQUE_LABELS, Dialect,
 )
-from ragstream.runtime import SinkUnavailable
+from ragstream.errors import SinkUnavailable
 
 log = logging.getLogger(__name__)
 
