@@ -27,10 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-import redis.exceptions
-from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError
-
-from ragstream.errors import PermanentError, SinkUnavailable
+from ragstream.context import WorkerContext
+from ragstream.errors import CommitLost, PermanentError, SinkUnavailable, unavailable_types
 from ragstream.sinks import Sink
 from ragstream import tracing
 from ragstream.config import Settings
@@ -44,16 +42,6 @@ from schemas.payloads import Payload
 log = logging.getLogger(__name__)
 
 
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    SinkUnavailable,
-    ConnectionError,
-    TimeoutError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    KafkaConnectionError,
-    KafkaTimeoutError,
-)
 
 
 @dataclass(slots=True)
@@ -133,12 +121,6 @@ def _child_traceparent(parent: str | None, event_id: str) -> str | None:
         return None
     _, trace_id, _, flags = parent.split("-")
     return f"00-{trace_id}-{event_id.replace('-', '')[:16]}-{flags}"
-
-
-@dataclass
-class WorkerContext:
-    settings: Settings
-    metrics: RuntimeMetrics
 
 
 class Worker(ABC):
@@ -330,7 +312,7 @@ class WorkerRuntime:
             try:
                 await self.worker.setup(WorkerContext(self.settings, self.metrics))
                 return
-            except UNAVAILABLE as exc:
+            except unavailable_types() as exc:
                 attempt += 1
                 if self._stopping.is_set():
                     raise
@@ -395,7 +377,7 @@ class WorkerRuntime:
             messages += [d.to_message(name, self._dead_letter_max) for d in dead]
             try:
                 await self.producer.send_all(messages)
-            except UNAVAILABLE as exc:
+            except unavailable_types() as exc:
                 raise _Backpressure(exc) from exc
         except _Backpressure as bp:
             if trace is not None:
@@ -452,7 +434,7 @@ class WorkerRuntime:
                 for sink_name, items in batch.writes.items():
                     await self.worker.sinks[sink_name].flush(items)
                 return [batch]
-            except UNAVAILABLE as exc:
+            except unavailable_types() as exc:
                 raise _Backpressure(exc) from exc
             except Exception as exc:
                 permanent = isinstance(exc, PermanentError)
@@ -510,7 +492,7 @@ class WorkerRuntime:
         owned = {tp: off for tp, off in offsets.items() if tp in assigned}
         try:
             await self.consumer.commit(owned)
-        except CommitFailedError as exc:
+        except CommitLost as exc:
             # The group moved on; the new owner replays from the last commit, idempotently.
             log.warning("commit failed after a rebalance", extra={"error": str(exc)})
 

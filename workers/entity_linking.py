@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass
 
 from ragstream.embedders import Embedder, MiniLMEmbedder
+from ragstream.errors import unavailable_types
 from ragstream.graph import GraphStore, KgSettings, open_backend
 from ragstream.graph.model import DocState, DocumentChange, LinkedEntity, cooccurring, pairs
 from ragstream.nlp.gazetteer import Gazetteer
 from ragstream.nlp.recognise import Recogniser
 from ragstream.nlp.resolve import Resolver
-from ragstream.runtime import UNAVAILABLE, Batch, Event, Sink, Worker, WorkerContext
+from ragstream.runtime import Batch, Event, Sink, Worker, WorkerContext
 from schemas.catalogue import DOCUMENT_DELETED, KG_CHANGED
 from schemas.payloads import DocumentUpserted, KgChanged
 
@@ -81,7 +82,7 @@ class EntityLinkingWorker(Worker):
         self._gazetteer_checked = -float("inf")
         try:
             await self._refresh_gazetteer()
-        except UNAVAILABLE as exc:
+        except unavailable_types() as exc:
             log.warning("graph store unavailable at start; batches wait for it",
                         extra={"error": repr(exc)[:300]})
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import redis.asyncio
+import redis.exceptions
 
 from ragstream.config import Settings
+from ragstream.errors import declare_unavailable
+
+# a Redis that is down, timing out or still loading its data is backpressure, not a bad event
+declare_unavailable(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    redis.exceptions.BusyLoadingError)
 
 
 def connect(settings: Settings) -> redis.asyncio.Redis:

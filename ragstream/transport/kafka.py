@@ -9,11 +9,14 @@ from typing import Any
 import aiokafka
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError, KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError,
+)
 from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as KafkaTP
 
 from ragstream.config import Settings
+from ragstream.errors import CommitLost, TransportUnavailable
 from ragstream.transport.base import OutMessage, RebalanceCallback, Record, TopicPartition
 
 
@@ -97,8 +100,13 @@ class KafkaConsumer:
         self._consumer.seek(KafkaTP(*tp), offset)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        await self._consumer.commit({KafkaTP(*tp): OffsetAndMetadata(off, "")
-                                     for tp, off in offsets.items()})
+        try:
+            await self._consumer.commit({KafkaTP(*tp): OffsetAndMetadata(off, "")
+                                         for tp, off in offsets.items()})
+        except CommitFailedError as exc:
+            raise CommitLost(str(exc)) from exc
+        except (KafkaConnectionError, KafkaTimeoutError) as exc:
+            raise TransportUnavailable(f"kafka commit: {exc!r}") from exc
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return self._consumer.highwater(KafkaTP(*tp))
@@ -122,12 +130,15 @@ class KafkaProducer:
         await self._producer.stop()
 
     async def send_all(self, messages: Sequence[OutMessage]) -> None:
-        futures = [
-            await self._producer.send(m.topic, m.value, key=m.key, headers=m.headers or None)
-            for m in messages
-        ]
-        if futures:
-            await asyncio.gather(*futures)
+        try:
+            futures = [
+                await self._producer.send(m.topic, m.value, key=m.key, headers=m.headers or None)
+                for m in messages
+            ]
+            if futures:
+                await asyncio.gather(*futures)
+        except (KafkaConnectionError, KafkaTimeoutError) as exc:
+            raise TransportUnavailable(f"kafka produce: {exc!r}") from exc
 
 
 async def ensure_topics(settings: Settings, names: Sequence[str], partitions: int) -> None:
