@@ -6,14 +6,11 @@ disambiguation and the GCN's node features all embed through it.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from typing import Protocol
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
@@ -36,14 +33,15 @@ class MiniLMEmbedder:
     A text's vector depends on the text alone, never on its batch-mates, so a crash, a replay or
     a cache flush that re-embeds a chunk in another batch stores the same bytes as a clean run
     (found by the chaos suite, docs/reliability.md). ``encode`` pads a batch to its longest text,
-    which changes a vector's low bits (up to 1.5e-7 here). So a text is padded to a length that
-    depends on it alone, its own length rounded up to a multiple of 32 word pieces, and runs
-    with up to ``rows`` texts of that bucket.
+    which changes a vector's low bits (up to 1.5e-7 here), and the row count of a call can change
+    them too on some CPUs and thread counts. So every call has one fixed shape per length bucket:
+    a text is padded to its own length rounded up to a multiple of 32 word pieces, and runs with
+    exactly ``rows`` rows, a partly filled call topped up with empty texts.
 
-    The row count of a call may change low bits too, on some CPU or thread count, so the first
-    ``embed`` checks every shape it will use (1 to ``rows`` rows, each bucket): if any row comes
-    out other than alone, every call is padded to ``rows`` rows with empty ones. Here none does,
-    and a lone text costs one row instead of four (59 against 159 ms at ~180 word pieces).
+    A per-process probe used to drop the spare rows where the row count did not matter; its
+    verdict depended on timing and load, so two processes of one deployment could embed one text
+    with different shapes. The fixed shape costs a lone text ``rows`` rows (about 160 against
+    60 ms at ~180 word pieces here); full calls, the bulk of a backfill, cost the same.
     """
 
     model_id = "sentence-transformers/all-MiniLM-L6-v2@gt-0.1.0"
@@ -58,15 +56,11 @@ class MiniLMEmbedder:
         from ragstream.config import Settings
 
         self.model = load_model(device=device)
-        # one default with the setting's: every embedder of a deployment must run the same shapes
-        self.rows = rows or Settings.model_fields["embed_batch_size"].default
-        self._pad_rows: bool | None = None  # set by the first ``embed``
-        self._checking = threading.Lock()
+        # every embedder of a deployment runs the same shapes: the setting decides them, never
+        # the machine or its load
+        self.rows = rows or Settings().embed_batch_size
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        with self._checking:
-            if self._pad_rows is None:
-                self._pad_rows = not self._rows_are_invariant()
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         window = self.model.max_seq_length
         lengths = [len(ids) for ids in
@@ -76,7 +70,7 @@ class MiniLMEmbedder:
             picked = [i for i, s in enumerate(sizes) if s == size]
             for start in range(0, len(picked), self.rows):
                 part = picked[start:start + self.rows]
-                spare = self.rows - len(part) if self._pad_rows else 0
+                spare = self.rows - len(part)
                 out[part] = self._forward([texts[i] for i in part] + [""] * spare, size)[:len(part)]
         return out
 
@@ -89,20 +83,6 @@ class MiniLMEmbedder:
             emb = self.model({k: v.to(self.model.device) for k, v in features.items()})
         vectors = torch.nn.functional.normalize(emb["sentence_embedding"], dim=1)
         return vectors.float().cpu().numpy()
-
-    def _rows_are_invariant(self) -> bool:
-        """True if a text's vector is the same alone and in every row of every call of up to
-        ``rows`` rows, for each bucket. The text is repeated in each row: the kernels a shape
-        runs do not depend on the values. About 3 s on 2 cores, once per process."""
-        probe = "Row-count probe: the same text in every row of the call."
-        for size in self.buckets:
-            alone = self._forward([probe], size)[0].tobytes()
-            for rows in range(2, self.rows + 1):
-                if any(v.tobytes() != alone for v in self._forward([probe] * rows, size)):
-                    log.warning("vectors depend on the row count here: padding every call",
-                                extra={"rows": rows, "size": size})
-                    return False
-        return True
 
     def embed_query(self, text: str) -> np.ndarray:
         # Alone and unpadded: 5x faster than the full window for a short query (5.6 against
