@@ -43,6 +43,10 @@ class TopicSpec:
     description: str
     events: Mapping[str, type[p.Payload]]
     key: str = "subject"
+    # the payload field the subject (the partition key) must equal: partitions follow the
+    # subject and workers follow the payload, so a mismatch let two versions of one document
+    # race on two partitions and left stale chunks searchable
+    key_field: str | None = None
     # upcasters[n] turns a payload of schema version n into version n + 1
     upcasters: Mapping[int, Upcaster] = field(default_factory=dict)
     dead_letter: bool = True
@@ -83,14 +87,17 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(
             "documents.v1", 1, "Source documents were created, changed or deleted.",
             {DOCUMENT_UPSERTED: p.DocumentUpserted, DOCUMENT_DELETED: p.DocumentDeleted},
+            key_field="doc_id",
         ),
         TopicSpec(
             "chunks.embedded.v1", 1, "Chunks were embedded, or a document's chunks went away.",
             {CHUNK_EMBEDDED: p.ChunkEmbedded, CHUNKS_DELETED: p.ChunksDeleted},
+            key_field="doc_id",
         ),
         TopicSpec(
             "kg.changes.v1", 1, "Entities and edges of the knowledge graph that a document touched.",
             {KG_CHANGED: p.KgChanged},
+            key_field="doc_id",
         ),
         TopicSpec(
             "graph.embeddings.v1", 1, "A new version of graph (GCN) embeddings is visible.",
@@ -99,10 +106,12 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(
             "inference.requests.v1", 1, "Model inference requests for Triton, with a reply topic.",
             {INFERENCE_REQUESTED: p.InferenceRequested},
+            key_field="correlation_id",
         ),
         TopicSpec(
             "inference.results.v1", 1, "One result per inference request, by correlation id.",
             {INFERENCE_COMPLETED: p.InferenceCompleted},
+            key_field="correlation_id",
         ),
         TopicSpec(
             "echo.v1", 1, "Diagnostics: the echo worker's receipt for every event it consumed.",
@@ -155,9 +164,11 @@ def validate(spec: TopicSpec, envelope: Envelope) -> p.Payload:
         data = upcast(data)
         version += 1
     try:
-        return model.model_validate(data)
+        payload = model.model_validate(data)
     except ValidationError as exc:
         raise DecodeError("invalid_payload", _summarise(exc)) from exc
+    check_key(spec, envelope.subject, payload)
+    return payload
 
 
 def decode(spec: TopicSpec, raw: bytes, max_bytes: int) -> Envelope:
@@ -167,11 +178,19 @@ def decode(spec: TopicSpec, raw: bytes, max_bytes: int) -> Envelope:
         raise DecodeError("oversized", f"{len(raw)} bytes is over the {max_bytes}-byte limit")
     try:
         envelope = spec.typed.validate_json(raw)
-        if envelope.schemaversion == spec.version:
-            return envelope
     except ValidationError:
-        pass
-    return _decode_exactly(spec, raw)
+        return _decode_exactly(spec, raw)
+    if envelope.schemaversion != spec.version:
+        return _decode_exactly(spec, raw)
+    check_key(spec, envelope.subject, envelope.data)
+    return envelope
+
+
+def check_key(spec: TopicSpec, subject: str, payload: p.Payload) -> None:
+    """The subject must name what the payload is about (see ``TopicSpec.key_field``)."""
+    if spec.key_field is not None and getattr(payload, spec.key_field) != subject:
+        raise DecodeError("subject_mismatch", f"subject {subject[:80]!r} is not the payload's "
+                          f"{spec.key_field} {str(getattr(payload, spec.key_field))[:80]!r}")
 
 
 def _decode_exactly(spec: TopicSpec, raw: bytes) -> Envelope:

@@ -19,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c7a52-3c1e-4d0b-9a57-1f0c6e2b8a11")
 
 # Identifiers that become Kafka keys and graph ids: printable, bounded, no control characters.
-Identifier = Field(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$")
+MAX_ID_CHARS = 512
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+Identifier = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=_PRINTABLE)
+# A document id leaves room for the ids derived from it (``<doc id>#<position>`` for a chunk),
+# so every derived id is valid too: a 511-character doc id used to pass, then its chunk ids
+# failed their own contract after the batch had been embedded several times over.
+DERIVED_SUFFIX_CHARS = 16
+DocumentIdentifier = Field(min_length=1, max_length=MAX_ID_CHARS - DERIVED_SUFFIX_CHARS,
+                           pattern=_PRINTABLE)
 
 
 def derived_event_id(*parts: object) -> str:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.envelope import Identifier
+from schemas.envelope import DocumentIdentifier, Identifier
 
 MAX_TEXT_CHARS = 2_000_000
 NO_NUL = r"^[^\x00]*$"
@@ -22,6 +22,11 @@ NO_NUL = r"^[^\x00]*$"
 DocumentTitle = Annotated[str, Field(max_length=10_000, pattern=NO_NUL)]
 DocumentText = Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=NO_NUL)]
 DocumentMetadata = dict[str, str | int | float | bool | None]
+# Versions stay exact everywhere they go: a double in the index's Lua, an int64 in the graph
+# stores, a number in JSON readers. 10**30 used to pass, turned into 1e30 in the index and locked
+# the document out of it for good.
+MAX_VERSION = 2**53 - 1
+Version = Annotated[int, Field(ge=0, le=MAX_VERSION)]
 
 
 class Payload(BaseModel):
@@ -34,8 +39,8 @@ class Payload(BaseModel):
 class DocumentUpserted(Payload):
     """A document was created or changed. ``version`` grows with every change of the source."""
 
-    doc_id: str = Identifier
-    version: int = Field(ge=0)
+    doc_id: str = DocumentIdentifier
+    version: Version
     title: DocumentTitle = ""
     text: DocumentText
     metadata: DocumentMetadata = Field(default_factory=dict)
@@ -44,8 +49,8 @@ class DocumentUpserted(Payload):
 class DocumentDeleted(Payload):
     """A tombstone: the document and everything derived from it must go."""
 
-    doc_id: str = Identifier
-    version: int = Field(ge=0)
+    doc_id: str = DocumentIdentifier
+    version: Version
 
 
 # chunks.embedded.v1 ---------------------------------------------------------------------------
@@ -53,8 +58,8 @@ class DocumentDeleted(Payload):
 
 class ChunkEmbedded(Payload):
     chunk_id: str = Identifier
-    doc_id: str = Identifier
-    doc_version: int = Field(ge=0)
+    doc_id: str = DocumentIdentifier
+    doc_version: Version
     position: int = Field(ge=0)
     text: str = Field(max_length=MAX_TEXT_CHARS)
     text_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -66,8 +71,8 @@ class ChunkEmbedded(Payload):
 
 
 class ChunksDeleted(Payload):
-    doc_id: str = Identifier
-    doc_version: int = Field(ge=0)
+    doc_id: str = DocumentIdentifier
+    doc_version: Version
     chunk_ids: list[str] = Field(default_factory=list)
     all_chunks: bool = False
     source_time: datetime | None = None
@@ -77,8 +82,8 @@ class ChunksDeleted(Payload):
 
 
 class KgChanged(Payload):
-    doc_id: str = Identifier
-    doc_version: int = Field(ge=0)
+    doc_id: str = DocumentIdentifier
+    doc_version: Version
     entities: list[str] = Field(default_factory=list)
     edges: list[tuple[str, str]] = Field(default_factory=list)
     deleted: bool = False

@@ -88,3 +88,44 @@ def test_deep_nesting_is_a_clear_decode_error():
     with pytest.raises(DecodeError) as err:
         decode(topic("documents.v1"), raw, 10 * LIMIT)
     assert err.value.reason == "invalid_json"
+
+
+def _raw(doc_id="d", version=1, subject=None) -> bytes:
+    raw = json.loads(encode(document_upserted("d", "text", version=1)).value)
+    raw["data"] |= {"doc_id": doc_id, "version": version}
+    raw["subject"] = doc_id if subject is None else subject
+    return json.dumps(raw).encode()
+
+
+def test_a_version_beyond_what_every_store_holds_exactly_is_refused():
+    docs = topic("documents.v1")
+    assert decode(docs, _raw(version=2**53 - 1), LIMIT).data.version == 2**53 - 1
+    for version in (2**53, 10**30):
+        with pytest.raises(DecodeError) as err:
+            decode(docs, _raw(version=version), LIMIT)
+        assert err.value.reason == "invalid_payload" and "version" in err.value.message
+
+
+def test_a_document_id_leaves_room_for_the_chunk_ids_derived_from_it():
+    from ragstream.chunking import chunk_id
+    from schemas.payloads import ChunkEmbedded
+
+    docs = topic("documents.v1")
+    longest = "d" * 496
+    assert decode(docs, _raw(doc_id=longest), LIMIT).data.doc_id == longest
+    # the last chunk a document may have still has a valid id
+    ChunkEmbedded(chunk_id=chunk_id(longest, 1_999_999), doc_id=longest, doc_version=1,
+                  position=1_999_999, text="t", text_hash="0" * 64, model_id="m")
+    with pytest.raises(DecodeError) as err:
+        decode(docs, _raw(doc_id="d" * 497), LIMIT)
+    assert err.value.reason == "invalid_payload" and "doc_id" in err.value.message
+
+
+def test_the_subject_must_be_the_document_it_is_about():
+    with pytest.raises(DecodeError) as err:
+        decode(topic("documents.v1"), _raw(doc_id="a", subject="b"), LIMIT)
+    assert err.value.reason == "subject_mismatch"
+    with pytest.raises(DecodeError) as err:  # the publisher's path refuses it too
+        validate(topic("documents.v1"), Envelope.model_validate_json(
+            _raw(doc_id="a", subject="b")))
+    assert err.value.reason == "subject_mismatch"
