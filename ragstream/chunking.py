@@ -11,7 +11,9 @@ by a user) still says what it is about.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,23 +45,43 @@ def chunk_id(doc_id: str, position: int) -> str:
     return f"{doc_id}#{position}"
 
 
+class TooManyChunks(ValueError):
+    """The document would make more chunks than a document may have."""
+
+
 class Chunker:
-    def __init__(self, tokenizer: Tokenizer, size: int, overlap: int, min_tokens: int = 32):
+    def __init__(self, tokenizer: Tokenizer, size: int, overlap: int, min_tokens: int = 32,
+                 max_chunks: int | None = None):
         if not 0 <= overlap < size:
             raise ValueError(f"overlap {overlap} must be below the chunk size {size}")
         self.tokenizer = tokenizer
         self.size = size
         self.overlap = overlap
         self.min_tokens = min_tokens
+        self.max_chunks = max_chunks
 
     def split(self, doc_id: str, text: str, title: str = "") -> list[Chunk]:
+        """The document's chunks; ``TooManyChunks`` once the token counts show there would be
+        more than ``max_chunks``, before any window is cut."""
         header = self._header(title)
         budget = self.size
         if header:
             budget = max(self.size - self._count([header])[0] - 1, self.min_tokens)
+        groups = self._groups(text)
+        if self.max_chunks is not None:
+            # a lower bound on the windows (word alignment only adds some): a 200k-word
+            # paragraph is refused here instead of being windowed first
+            step = budget - min(self.overlap, budget // 2)
+            least = sum(1 if tokens <= budget else math.ceil((tokens - budget) / step) + 1
+                        for _, tokens in groups)
+            if least > self.max_chunks:
+                raise TooManyChunks(f"at least {least} chunks is over the limit of "
+                                    f"{self.max_chunks}")
         pieces = []
-        for group, tokens in self._groups(text):
+        for group, tokens in groups:
             pieces += [group] if tokens <= budget else self._windows(group, budget)
+        if self.max_chunks is not None and len(pieces) > self.max_chunks:
+            raise TooManyChunks(f"{len(pieces)} chunks is over the limit of {self.max_chunks}")
         return [self._chunk(doc_id, i, f"{header}\n{p}" if header else p)
                 for i, p in enumerate(pieces)]
 
@@ -106,14 +128,19 @@ class Chunker:
         while True:
             end = min(start + budget, len(offsets))
             if end < len(offsets):
-                # end before the word that straddles the budget, unless the word is the whole window
-                end = max((s for s in starts if start < s <= end), default=end)
+                # end before the word that straddles the budget, unless the word is the whole
+                # window. Binary searches: a scan of every word start per window made a
+                # 200k-word paragraph take 22 s on the event loop, and the worker was evicted.
+                i = bisect.bisect_right(starts, end) - 1
+                if starts[i] > start:
+                    end = starts[i]
             windows.append(text[offsets[start][0]:offsets[end - 1][1]])
             if end >= len(offsets):
                 return windows
             # next window: `overlap` tokens back, moved forward to a word start, always advancing
             target = max(end - overlap, start + 1)
-            start = min((s for s in starts if s >= target), default=end)
+            i = bisect.bisect_left(starts, target)
+            start = starts[i] if i < len(starts) else end
 
     def _encode(self, text: str):
         return self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

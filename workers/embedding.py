@@ -8,7 +8,15 @@ that version made (chunks upserted, chunks removed). An event is compared with t
   that vanished are deleted downstream;
 - the same version and content: a replay after a crash. The ledger may have been written before
   the results were published, so the change recorded for that version is published again;
-  downstream upserts are idempotent, so a double publish is harmless and a lost one is not.
+  downstream upserts are idempotent, so a double publish is harmless and a lost one is not;
+- the same version with other content: the producer reused a version. It is dead-lettered
+  (``version_reused``); the stores keep the content they have, alike.
+
+The change a ledger records is the change since the last state known to be published: when
+several versions of a document arrive in one batch, or a replayed version is followed by a newer
+one, the changes are folded together. Recording only the last version's change lost the chunks
+an earlier version had upserted when the publish failed and the batch was replayed (the older
+versions are skipped on replay).
 
 Embeddings are cached in Redis by model id, cache namespace and sha256 of the text, so moved or
 re-sent text is never embedded twice. ``ragstream reembed`` bumps the namespace: every ledger then
@@ -25,7 +33,7 @@ from datetime import datetime
 import numpy as np
 from prometheus_client import Counter
 
-from ragstream.chunking import Chunk, Chunker
+from ragstream.chunking import Chunk, Chunker, TooManyChunks, text_hash
 from ragstream.embedders import Embedder, load_embedder
 from ragstream.runtime import Batch, Event, Sink, Worker, WorkerContext
 from ragstream.stores.redis import connect
@@ -46,6 +54,7 @@ class Ledger:
     version: int = -1
     embedding: str = ""  # model id and cache namespace the chunks were embedded with
     deleted: bool = False
+    content: str = ""  # sha256 of the version's title and text ("" in ledgers written before)
     chunks: dict[str, str] = field(default_factory=dict)  # chunk id -> text hash
     upserted: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -126,8 +135,7 @@ class EmbeddingWorker(Worker):
         # not on the first batch's freshness
         await asyncio.to_thread(self._embedder.embed, ["warm-up"])
         self.chunker = Chunker(self._embedder.model.tokenizer, s.chunk_tokens,
-                               s.chunk_overlap_tokens)
-        self._max_chunks = s.max_chunks_per_document
+                               s.chunk_overlap_tokens, max_chunks=s.max_chunks_per_document)
         self._prefix = s.group_prefix
         self._redis = connect(s)
         self._ledgers = LedgerSink(self._redis, s.group_prefix)
@@ -153,9 +161,15 @@ class EmbeddingWorker(Worker):
         ledgers = {d: Ledger.parse(r) for d, r in zip(doc_ids, raw, strict=True)}
 
         before = dict(ledgers)
+        # off the event loop: a long document takes seconds to tokenize and the consumer must
+        # keep heartbeating meanwhile (an evicted worker's commit fails and the batch replays)
+        split = await asyncio.to_thread(self._split, [
+            e for e in batch.events if isinstance(e.payload, DocumentUpserted)
+            and e.payload.version >= ledgers[e.payload.doc_id].version])
+        unpublished: set[str] = set()  # documents whose recorded change may not be published
         plans = []
         for event in batch.events:  # in offset order, so a document's versions apply in order
-            plan = self._plan(event, ledgers, embedding, batch)
+            plan = self._plan(event, split, ledgers, unpublished, embedding, batch)
             if plan is not None:
                 plans.append(plan)
         vectors = await self._vectors([c for p in plans for c in p.upserts], embedding, batch)
@@ -165,38 +179,71 @@ class EmbeddingWorker(Worker):
             if ledger is not before[doc_id]:
                 batch.write("ledger", (doc_id, ledger))
 
-    def _plan(self, event: Event, ledgers: dict[str, Ledger], embedding: str,
+    def _split(self, events: list[Event]) -> dict[str, list[Chunk] | TooManyChunks]:
+        out: dict[str, list[Chunk] | TooManyChunks] = {}
+        for event in events:
+            doc = event.payload
+            try:
+                out[event.id] = self.chunker.split(doc.doc_id, doc.text, doc.title)
+            except TooManyChunks as exc:
+                out[event.id] = exc
+        return out
+
+    def _plan(self, event: Event, split: dict[str, list[Chunk] | TooManyChunks],
+              ledgers: dict[str, Ledger], unpublished: set[str], embedding: str,
               batch: Batch) -> _Plan | None:
         doc = event.payload
         ledger = ledgers[doc.doc_id]
+        if doc.version < ledger.version:
+            return None
         if isinstance(doc, DocumentDeleted):
-            if doc.version < ledger.version:
-                return None
             if doc.version == ledger.version and ledger.deleted:  # a replay: publish it again
+                unpublished.add(doc.doc_id)
                 return _Plan(event, [], ledger.removed, deleted_document=True)
             removed = sorted(ledger.chunks)
-            ledgers[doc.doc_id] = Ledger(doc.version, embedding, True, {}, [], removed)
+            self._record(ledgers, unpublished, doc.doc_id,
+                         Ledger(doc.version, embedding, True, "", {}, [], removed))
             return _Plan(event, [], removed, deleted_document=True)
 
         assert isinstance(doc, DocumentUpserted)
-        if doc.version < ledger.version or (doc.version == ledger.version and ledger.deleted):
+        if doc.version == ledger.version and ledger.deleted:
             return None
-        chunks = self.chunker.split(doc.doc_id, doc.text, doc.title)
-        if len(chunks) > self._max_chunks:
-            batch.reject(event, "too_many_chunks",
-                         f"{len(chunks)} chunks is over the limit of {self._max_chunks}")
+        chunks = split[event.id]
+        if isinstance(chunks, TooManyChunks):
+            batch.reject(event, "too_many_chunks", str(chunks))
             return None
+        content = text_hash(f"{doc.title}\x00{doc.text}")
         hashes = {c.chunk_id: c.text_hash for c in chunks}
-        if doc.version == ledger.version and hashes == ledger.chunks \
-                and embedding == ledger.embedding:  # a replay: publish the recorded change again
-            upserted = set(ledger.upserted)
-            return _Plan(event, [c for c in chunks if c.chunk_id in upserted], ledger.removed)
+        if doc.version == ledger.version:
+            same = content == ledger.content if ledger.content else hashes == ledger.chunks
+            if not same:
+                batch.reject(event, "version_reused", f"version {doc.version} of {doc.doc_id!r} "
+                             "was applied with other content; a change needs a higher version")
+                return None
+            if embedding == ledger.embedding:  # a replay: publish the recorded change again
+                unpublished.add(doc.doc_id)
+                upserted = set(ledger.upserted)
+                return _Plan(event, [c for c in chunks if c.chunk_id in upserted], ledger.removed)
         reuse = ledger.chunks if embedding == ledger.embedding else {}
         upserts = [c for c in chunks if reuse.get(c.chunk_id) != c.text_hash]
         removed = sorted(set(ledger.chunks) - set(hashes))
-        ledgers[doc.doc_id] = Ledger(doc.version, embedding, False, hashes,
-                                     [c.chunk_id for c in upserts], removed)
+        self._record(ledgers, unpublished, doc.doc_id,
+                     Ledger(doc.version, embedding, False, content, hashes,
+                            [c.chunk_id for c in upserts], removed))
         return _Plan(event, upserts, removed)
+
+    @staticmethod
+    def _record(ledgers: dict[str, Ledger], unpublished: set[str], doc_id: str,
+                new: Ledger) -> None:
+        """Make ``new`` the document's ledger; its change folds in the previous ledger's when
+        that one's change may not have been published yet (see the module docstring)."""
+        old = ledgers[doc_id]
+        if doc_id in unpublished:
+            upserted = set(old.upserted) | set(new.upserted)
+            new.upserted = [c for c in new.chunks if c in upserted]
+            new.removed = sorted((set(old.removed) | set(new.removed)) - set(new.chunks))
+        ledgers[doc_id] = new
+        unpublished.add(doc_id)
 
     async def _vectors(self, chunks: list[Chunk], embedding: str,
                        batch: Batch) -> dict[str, np.ndarray]:
