@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import urllib.parse
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
 
 from ragstream.config import secret_values
 
@@ -18,10 +20,32 @@ REDACTED = "**********"
 
 
 def redact(text: str) -> str:
+    """``text`` with every secret replaced, also where it appears escaped: inside a repr (an
+    exception's message), JSON-escaped, or percent-encoded in a URL. Redacting the serialized
+    line alone let a secret holding a quote, a backslash or a non-ASCII character through."""
     for secret in secret_values():
-        if secret in text:
-            text = text.replace(secret, REDACTED)
+        for form in _forms(secret):
+            if form in text:
+                text = text.replace(form, REDACTED)
     return text
+
+
+def _forms(secret: str) -> set[str]:
+    return {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1],
+            urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
+
+
+def _redacted(value: Any) -> Any:
+    """A log field, redacted before it is serialized (see ``redact``)."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redacted(v) for v in value]
+    return redact(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,7 +68,7 @@ class JsonFormatter(logging.Formatter):
                 doc[key] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(doc, default=str))
+        return json.dumps(_redacted(doc))
 
 
 def configure(level: str = "INFO") -> None:
