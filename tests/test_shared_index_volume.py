@@ -5,6 +5,7 @@ copy of another pod, whose pids mean nothing in this pod's pid namespace."""
 from __future__ import annotations
 
 import os
+import time
 
 from ragstream.index import replica
 from ragstream.index.replica import IndexReplica
@@ -34,3 +35,32 @@ def test_cleanup_takes_only_this_hosts_dead_copies(tmp_path):
     left = {p.name for p in copies.iterdir()}
     assert left == {names["other_pod"], names["mine_alive"], workdir.name}
     assert workdir.name.startswith(f"{os.getpid()}-{host}-")
+
+
+def test_another_hosts_copy_goes_once_its_reader_stops_touching_it(tmp_path):
+    reader = IndexReplica.__new__(IndexReplica)
+    reader.root = tmp_path
+    copies = tmp_path / "replicas"
+    live, left = copies / "12-gateway-a-0a1b2c3d", copies / "12-gateway-b-1a2b3c4d"
+    for path in (live, left):
+        path.mkdir(parents=True)
+    old = time.time() - replica.STALE_S - 60
+    os.utime(left, (old, old))  # its pod died a while ago: nothing touches it any more
+    workdir = reader._new_workdir()
+    assert {p.name for p in copies.iterdir()} == {live.name, workdir.name}
+
+
+def test_an_open_replica_keeps_touching_its_copy(settings, monkeypatch):
+    monkeypatch.setattr(replica, "HEARTBEAT_S", 0.05)
+    reader = IndexReplica(settings)
+    try:
+        with reader.lock:
+            workdir = reader.refresh().workdir
+        old = time.time() - replica.STALE_S - 60
+        os.utime(workdir, (old, old))
+        deadline = time.monotonic() + 10
+        while replica._untouched_for(workdir) > replica.STALE_S:
+            assert time.monotonic() < deadline, "the replica stopped touching its copy"
+            time.sleep(0.05)
+    finally:
+        reader.close()

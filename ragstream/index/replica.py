@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,10 @@ from ragstream.index.store import Change, ChunkRecord, Keys, format_id, parse_ch
 log = logging.getLogger(__name__)
 
 _LOG_PAGE = 5_000
+# A replica touches its working copy this often while it is open; a copy another host has not
+# touched for STALE_S is left by a reader that died there (its pid means nothing on this host).
+HEARTBEAT_S = 60.0
+STALE_S = 15 * 60.0
 
 
 @dataclass
@@ -73,13 +78,27 @@ class IndexReplica:
                                            socket_timeout=10, socket_connect_timeout=5)
         self._lock = threading.RLock()
         self._state: IndexState | None = None
+        self._closed = threading.Event()
+        self._heartbeat = threading.Thread(target=self._touch_while_open, daemon=True,
+                                           name="index replica heartbeat")
+        self._heartbeat.start()
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             if self._state is not None:
                 self._state.close()
                 self._state = None
             self._redis.close()
+
+    def _touch_while_open(self) -> None:
+        while not self._closed.wait(HEARTBEAT_S):
+            state = self._state
+            if state is not None:
+                try:
+                    os.utime(state.workdir)
+                except FileNotFoundError:  # swapped for a newer copy meanwhile
+                    pass
 
     def refresh(self) -> IndexState:
         """The index as of now. Call it under ``lock`` and use the state while holding it."""
@@ -153,15 +172,24 @@ class IndexReplica:
         host = _host()
         for stale in replicas.iterdir():  # copies left by readers that were killed
             pid, *rest = stale.name.split("-")
-            # a shared volume (several gateway pods) holds other hosts' copies: their pids mean
-            # nothing here, so only this host's (or old unnamed) copies are checked
-            if "-".join(rest[:-1]) not in ("", host):
-                continue
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if "-".join(rest[:-1]) in ("", host):
+                dead = pid.isdigit() and not _pid_alive(int(pid))
+            else:
+                # a shared volume (several gateway pods) holds other hosts' copies: their pids
+                # mean nothing here, but a live replica touches its copy every HEARTBEAT_S
+                dead = _untouched_for(stale) > STALE_S
+            if dead:
                 shutil.rmtree(stale, ignore_errors=True)
         workdir = replicas / f"{os.getpid()}-{host}-{uuid.uuid4().hex[:8]}"
         workdir.mkdir()
         return workdir
+
+
+def _untouched_for(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _host() -> str:

@@ -75,6 +75,7 @@ def write(root: Path, watermark: str, chunks: Iterable[tuple[ChunkRecord, np.nda
     root.mkdir(parents=True, exist_ok=True)
     live = current(root)
     version = (live.version if live else 0) + 1
+    _remove_unpublished(root, version)
     tmp = root / f"{version_name(version)}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # left by a build that crashed
     tmp.mkdir()
@@ -103,6 +104,15 @@ def write(root: Path, watermark: str, chunks: Iterable[tuple[ChunkRecord, np.nda
     os.replace(pointer, root / CURRENT)
     _remove_old_versions(root, version)
     return manifest
+
+
+def _remove_unpublished(root: Path, first: int) -> None:
+    """Remove versions from ``first`` on: a compaction that crashed after renaming its version
+    into place but before CURRENT named it left one behind, no reader ever saw it, and the next
+    compaction's rename onto it failed (ENOTEMPTY) every time, so the log was never trimmed."""
+    for path in root.glob("v*"):
+        if path.name[1:].isdigit() and int(path.name[1:]) >= first:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_old_versions(root: Path, live: int) -> None:
