@@ -320,6 +320,20 @@ SCALED_OBJECT = {
         },
     },
 }
+# ... and of its TriggerAuthentication, which the Kafka triggers log in with.
+TRIGGER_AUTHENTICATION = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "spec": {"type": "object", "additionalProperties": False, "properties": {
+            "secretTargetRef": {"type": "array", "items": {
+                "type": "object", "required": ["parameter", "name", "key"],
+                "additionalProperties": False,
+                "properties": {k: {"type": "string"} for k in ("parameter", "name", "key")}}}}},
+    },
+}
+KEDA_SCHEMAS = {"ScaledObject": SCALED_OBJECT, "TriggerAuthentication": TRIGGER_AUTHENTICATION}
 KAFKA_TRIGGER_KEYS = {"bootstrapServers", "consumerGroup", "topic", "lagThreshold",
                       "activationLagThreshold", "offsetResetPolicy", "allowIdleConsumers",
                       "scaleToZeroOnInvalidOffset", "excludePersistentLag",
@@ -335,7 +349,7 @@ def test_every_manifest_is_valid_against_the_kubernetes_schemas(overlay):
     name, objects = overlay
     for o in objects:
         if o["apiVersion"].startswith("keda.sh/"):
-            jsonschema.validate(o, SCALED_OBJECT)
+            jsonschema.validate(o, KEDA_SCHEMAS[o["kind"]])
             continue
         kubernetes_validate.validate(o, K8S_VERSION, strict=True)
     assert all(o["metadata"].get("namespace") == ("ragstream" if name == "production"
@@ -369,6 +383,9 @@ def test_each_kafka_worker_scales_on_its_groups_lag_up_to_the_partition_count(ov
         assert meta["consumerGroup"] == settings.group_id(worker)
         assert (meta["topic"],) == consumes(worker)
         assert meta["bootstrapServers"] == config["RAGSTREAM_KAFKA_BOOTSTRAP"]
+        # the scaler logs in as the workers do
+        assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable")
+        assert trigger["authenticationRef"]["name"] in _by(objects, "TriggerAuthentication")
         assert meta.get("allowIdleConsumers", "false") == "false"
         selector = pdbs[app_name]["spec"]["selector"]["matchLabels"]
         assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -451,6 +468,19 @@ def test_secrets_are_mounted_files_named_by_the_config(overlay):
         for c in _containers(d):
             mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
             assert mounts["/run/secrets/ragstream"]["readOnly"] is True
+
+
+def test_kafka_is_authenticated_and_encrypted_wherever_its_password_is_loaded(overlay):
+    _, objects = overlay
+    config = _by(objects, "ConfigMap")["ragstream-config"]["data"]
+    settings = Settings.from_env({k: v for k, v in config.items() if not k.endswith("_FILE")})
+    assert {"RAGSTREAM_KAFKA_USERNAME_FILE", "RAGSTREAM_KAFKA_PASSWORD_FILE"} <= set(config)
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
+    [auth] = _by(objects, "TriggerAuthentication").values()
+    assert {(r["parameter"], r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]} == {
+        ("username", "ragstream-secrets", "kafka_username"),
+        ("password", "ragstream-secrets", "kafka_password")}
 
 
 def test_gateway_reads_the_snapshots_the_celery_worker_writes(overlay):
