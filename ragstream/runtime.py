@@ -413,7 +413,8 @@ class WorkerRuntime:
     def _decode(self, record: Record, dead: list[DeadLetter]) -> Event | None:
         spec = self._specs[record.topic]
         try:
-            return Event(record, decode(spec, record.value, self.settings.max_event_bytes))
+            return Event(record, decode(spec, record.value, self.settings.max_event_bytes,
+                                         record.headers))
         except DecodeError as exc:
             dead.append(DeadLetter(record, "DecodeError", exc.reason, exc.message, "decode", 1))
         except Exception as exc:  # a decoder crash on hostile input must not stop the partition

@@ -19,7 +19,9 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, TypeAdapter, ValidationError, create_model
 
+from schemas import cloudevents
 from schemas import payloads as p
+from schemas.cloudevents import Headers
 from schemas.envelope import Envelope
 
 DLQ_SUFFIX = ".dlq"
@@ -171,11 +173,18 @@ def validate(spec: TopicSpec, envelope: Envelope) -> p.Payload:
     return payload
 
 
-def decode(spec: TopicSpec, raw: bytes, max_bytes: int) -> Envelope:
-    """Bytes off the wire to a typed envelope (``data`` is the payload model), or a DecodeError
-    saying why not. Valid current-version events take one pass; the rest take the exact path."""
+def decode(spec: TopicSpec, raw: bytes, max_bytes: int, headers: Headers = ()) -> Envelope:
+    """A message off the wire to a typed envelope (``data`` is the payload model), or a
+    DecodeError saying why not. Either CloudEvents content mode: a message with ``ce_`` headers
+    is binary mode (schemas/cloudevents.py). Valid current-version events take one pass; the
+    rest take the exact path."""
     if len(raw) > max_bytes:
         raise DecodeError("oversized", f"{len(raw)} bytes is over the {max_bytes}-byte limit")
+    if headers and cloudevents.is_binary(headers):
+        try:
+            raw = cloudevents.structured_value(raw, headers)
+        except cloudevents.BindingError as exc:
+            raise DecodeError(exc.reason, exc.message) from exc
     try:
         envelope = spec.typed.validate_json(raw)
     except ValidationError:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas import cloudevents
+
 # Namespace for deterministic event ids: a replayed source event yields the same derived ids,
 # so downstream consumers can drop duplicates by id.
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c7a52-3c1e-4d0b-9a57-1f0c6e2b8a11")
@@ -58,8 +60,6 @@ class Envelope(BaseModel):
         return self.traceparent.split("-")[1] if self.traceparent else None
 
     def binding_headers(self) -> list[tuple[str, bytes]]:
-        """CloudEvents Kafka-binding headers: readers route and trace without parsing the body."""
-        headers = [("ce_id", self.id.encode()), ("ce_type", self.type.encode())]
-        if self.traceparent:
-            headers.append(("traceparent", self.traceparent.encode()))
-        return headers
+        """The CloudEvents Kafka binding's headers for this envelope in structured mode (the
+        value is the envelope itself): readers detect the mode and trace without parsing it."""
+        return cloudevents.headers(self)

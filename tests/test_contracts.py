@@ -129,3 +129,38 @@ def test_the_subject_must_be_the_document_it_is_about():
         validate(topic("documents.v1"), Envelope.model_validate_json(
             _raw(doc_id="a", subject="b")))
     assert err.value.reason == "subject_mismatch"
+
+
+def test_a_binary_mode_event_decodes_to_the_same_envelope_as_its_structured_form():
+    from schemas import cloudevents
+
+    envelope = document_upserted("doc-1", "text", version=4, title="T")
+    structured = decode(topic("documents.v1"), *cloudevents.encode(envelope)[:1], LIMIT)
+    value, headers = cloudevents.encode(envelope, "binary")
+    assert {"ce_id", "ce_type", "ce_source", "ce_specversion", "ce_subject"} <= dict(headers).keys()
+    binary = decode(topic("documents.v1"), value, LIMIT, headers)
+    assert binary == structured and binary.data.text == "text"
+
+
+@pytest.mark.parametrize("drop, reason", [("ce_source", "invalid_envelope"),
+                                          ("ce_specversion", "invalid_envelope")])
+def test_a_binary_mode_event_without_a_required_attribute_is_refused(drop, reason):
+    from schemas import cloudevents
+
+    value, headers = cloudevents.encode(document_upserted("d", "t", version=1), "binary")
+    with pytest.raises(DecodeError) as err:
+        decode(topic("documents.v1"), value, LIMIT, [h for h in headers if h[0] != drop])
+    assert err.value.reason == reason and drop in err.value.message
+
+
+def test_binary_mode_data_that_is_not_json_is_refused():
+    from schemas import cloudevents
+
+    value, headers = cloudevents.encode(document_upserted("d", "t", version=1), "binary")
+    for data, content_type, reason in ((b"{not json", b"application/json", "invalid_json"),
+                                       (value, b"text/plain", "unsupported_content_type")):
+        with pytest.raises(DecodeError) as err:
+            decode(topic("documents.v1"), data, LIMIT,
+                   [h for h in headers if h[0] != "content-type"] + [("content-type",
+                                                                      content_type)])
+        assert err.value.reason == reason
