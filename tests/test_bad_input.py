@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
@@ -28,6 +29,15 @@ HOSTILE = ["x'}) DETACH DELETE n //", "`; MATCH (n) DETACH DELETE n", "$(rm -rf 
 
 def valid_envelope(text: str):
     return document_upserted(f"doc-{uuid.uuid4().hex}", text, version=1)
+
+
+# the dead-letter reason each corruption must get: exact, not merely present
+REASONS = {"random_bytes": "invalid_utf8", "truncated": "invalid_json",
+           "not_an_object": "invalid_envelope", "missing_field": "invalid_envelope",
+           "wrong_type": "invalid_payload", "unknown_version": "unsupported_version",
+           "unknown_type": "unknown_type", "nul_in_key": "invalid_envelope",
+           "nul_in_text": "invalid_payload", "oversized": "oversized",
+           "deep_nesting": "invalid_json"}
 
 
 def corrupt(kind: str, blob: bytes, text: str) -> bytes:
@@ -76,15 +86,18 @@ async def test_malformed_events_go_to_the_dlq_and_valid_ones_are_processed(
         await ensure_topics(settings, all_topic_names(), 3,
                             {settings.group_id("echo"): ("documents.v1",)})
         dlq_tap = Tap(settings, "documents.v1.dlq")
-        messages, valid_ids, invalid = [], set(), 0
+        messages, valid_ids, invalid = [], set(), []
         for item in stream:
             if item[0] == "valid":
                 envelope = valid_envelope(item[1])
                 valid_ids.add(envelope.id)
                 messages.append(encode(envelope))
             else:
-                invalid += 1
-                messages.append(OutMessage("documents.v1", None, corrupt(*item[1:])))
+                value = corrupt(*item[1:])
+                # the size limit is checked before anything else (deep_nesting is over it)
+                invalid.append((value, "oversized" if len(value) > MAX_BYTES
+                                else REASONS[item[1]]))
+                messages.append(OutMessage("documents.v1", None, value))
         async with Publisher(settings) as pub:
             await pub.send_raw(messages)
 
@@ -93,15 +106,26 @@ async def test_malformed_events_go_to_the_dlq_and_valid_ones_are_processed(
             async def done() -> bool:
                 return int(redis_client.get(f"{ledger}:effects") or 0) == len(valid_ids)
             await eventually(done, 60, message="all valid events processed")
-            dead = await dlq_tap.read(timeout=1.0)
-            while len(dead) < invalid:
-                dead = await dlq_tap.read(timeout=1.0)
+            dead: list = []
+
+            async def all_dead() -> bool:
+                dead[:] = await dlq_tap.read(timeout=0.5)
+                return len(dead) >= len(invalid)
+            await eventually(all_dead, 60, message=f"{len(invalid)} dead letters")
         assert set(redis_client.hkeys(f"{ledger}:ledger")) == {i.encode() for i in valid_ids}
-        assert len(dead) == invalid
+        # each corruption, by its bytes (kept unchanged), got exactly its reason
+        got = Counter((bytes(r.value), dict(r.headers)["x-error-reason"].decode()) for r in dead)
+        assert got == Counter(invalid)
+        originals = ({(r.partition, r.offset): r.value
+                      for r in await read_topic(settings, "documents.v1")}
+                     if transport == "kafka" else None)  # a queue has no offsets to point at
         for record in dead:
             headers = dict(record.headers)
-            assert headers["x-error-reason"] and headers["x-error-message"]
-            assert headers["x-stage"] == b"decode"
+            assert headers["x-error-message"] and headers["x-stage"] == b"decode"
+            assert headers["x-original-topic"] == b"documents.v1"
+            if originals is not None:
+                where = (int(headers["x-original-partition"]), int(headers["x-original-offset"]))
+                assert originals[where] == record.value
     finally:
         broker.process.kill()
         broker.process.wait()
