@@ -375,32 +375,6 @@ def topics(
                                   consumer_groups(names, cfg.group_id)))
 
 
-
-@app.command()
-def chaos(
-    events: Annotated[int, typer.Option(help="Reuters documents in the source history.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seeds the history, the faults and the bad input.")] = 1,
-    invalid: Annotated[int, typer.Option(help="Invalid events mixed into the hostile run.")] = 1000,
-    kills: Annotated[int, typer.Option(help="SIGKILLs of random workers in the chaos run.")] = 10,
-    outage: Annotated[float, typer.Option(help="Seconds the graph store is down.")] = 20.0,
-    workdir: Annotated[Path, typer.Option(help="Where the runs keep their stores and logs.")]
-    = Path(".ragstream/chaos"),
-) -> None:
-    """Clean run, chaos run and hostile-input run of one seeded history; compare the stores."""
-    from ragstream import chaos as harness
-
-    report = asyncio.run(harness.run_all(
-        events, seed, workdir, invalid=invalid,
-        plan=harness.ChaosPlan(kills=kills, outage_s=outage),
-        log=lambda m: console.print(m, markup=False, highlight=False)))
-    print(harness.format_table(report))
-    summary = report.summary()
-    print(json.dumps(summary))
-    if not (summary["state_equal"] and summary["lost"] == 0 and summary["duplicated"] == 0
-            and summary["dlq_expected"] == summary["dlq_actual"]):
-        raise typer.Exit(1)
-
-
 # retrieval --------------------------------------------------------------------------------------
 
 
