@@ -204,7 +204,7 @@ def demo(
 async def _demo(cfg: Settings, limit: int, wait: float) -> None:
     from producers import reuters
     from producers.events import document_upserted
-    from producers.publisher import Publisher
+    from ragstream.publisher import Publisher
     from producers.subscribe import subscribe
 
     docs = list(reuters.load(limit=limit))

@@ -43,7 +43,7 @@ import redis
 
 from producers import reuters
 from producers.events import document_deleted, document_upserted
-from producers.publisher import encode
+from ragstream.publisher import encode
 from ragstream.config import Settings
 from ragstream.stack import FalkorDB, ManagedProcess, Tansu, worker_process
 from schemas.envelope import Envelope

@@ -8,7 +8,7 @@ import json
 from aiokafka import AIOKafkaProducer
 
 from producers.events import document_deleted, document_upserted
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.chunking import Chunker
 from ragstream.index import FusionWeights, Searcher
 from ragstream.transport.kafka import connection_options

@@ -23,7 +23,7 @@ import httpx
 import yaml
 
 from producers.gateway.auth import new_key
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.stack import ManagedProcess, free_port, worker_process
 from ragstream.transport.base import OutMessage
 from ragstream.transport.kafka import KafkaProducer

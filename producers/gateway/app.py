@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from producers.events import document_deleted, document_upserted
 from producers.gateway.auth import ApiKey, KeyStore
 from producers.gateway.ratelimit import RateLimiter
-from producers.publisher import Publisher, encode, topic_for
+from ragstream.publisher import Publisher, encode, topic_for
 from ragstream import tracing
 from ragstream.config import Settings
 from ragstream.metrics import LATENCY_BUCKETS

@@ -71,7 +71,7 @@ def announcements(graph_name: str, version: int, model: str, dimension: int, ids
 def kafka_announcer(settings: Settings, graph_name: str, ids_per_event: int) -> Announce:
     async def announce(version: int, model: str, dimension: int, ids: list[str],
                        full: bool) -> None:
-        from producers.publisher import Publisher
+        from ragstream.publisher import Publisher
 
         async with Publisher(settings) as publisher:
             await publisher.publish(announcements(graph_name, version, model, dimension, ids,

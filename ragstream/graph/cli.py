@@ -92,7 +92,7 @@ def unmerge(
 
 
 async def _publish_change(result: dict) -> None:
-    from producers.publisher import Publisher
+    from ragstream.publisher import Publisher
     from ragstream.cli import settings
     from schemas.catalogue import KG_CHANGED
     from schemas.envelope import Envelope, derived_event_id
