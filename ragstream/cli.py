@@ -448,7 +448,7 @@ def refresh_gcn(
 @app.command()
 def beat() -> None:
     """Run the Celery beat scheduler. Start several: only the lock holder fires."""
-    from ragstream.schedule import run_beat
+    from ragstream.celery_app import run_beat
 
     cfg = settings()
     logs.configure(cfg.log_level)
