@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ragstream import logs
 from ragstream.config import Settings
-from ragstream.graph.cli import graph_app
+from ragstream.cli_graph import graph_app
 
 app = typer.Typer(help="ragstream: event-driven workers that keep RAG and KG stores fresh.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -44,6 +44,13 @@ def settings() -> Settings:
             for key, value in stack["env"].items():
                 os.environ.setdefault(key, value)
     return Settings()
+
+
+@app.callback()
+def _hand_down_settings(ctx: typer.Context) -> None:
+    # command groups in their own modules (ragstream graph) load settings through ctx.obj, so
+    # they need not import this module back
+    ctx.obj = settings
 
 
 def _pid_alive(pid: int) -> bool:
