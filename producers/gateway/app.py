@@ -182,7 +182,7 @@ class Gateway:
         embedder = await self.embedder()
         async with self._models_lock:
             if self._searcher is None:
-                from ragstream.index import Searcher
+                from ragstream.index.search import Searcher
 
                 self._searcher = Searcher(self.settings, embedder)
         return self._searcher
