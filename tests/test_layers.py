@@ -1,4 +1,5 @@
-"""The layers point down and no module imports in a cycle (README, "Layers").
+"""The layers point down, no module imports in a cycle, and the installed package needs nothing
+from the dev extra (README, "Layers").
 
 The layers are import-linter contracts in pyproject.toml ([tool.importlinter]). Its import graph
 (grimp) counts every import statement, those inside functions included, so a lazy import can
@@ -8,6 +9,8 @@ shown to fail where it should.
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import tomllib
 from pathlib import Path
 
@@ -18,7 +21,9 @@ from importlinter.configuration import configure
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
-CONFIG = tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]
+PROJECT = tomllib.loads(PYPROJECT.read_text())
+CONFIG = PROJECT["tool"]["importlinter"]
+INSTALLED = [p.rstrip("*") for p in PROJECT["tool"]["setuptools"]["packages"]["find"]["include"]]
 
 configure()
 
@@ -70,6 +75,23 @@ def test_every_module_has_a_layer():
     layers = next(c["layers"] for c in CONFIG["contracts"] if c["type"] == "layers")
     assert not unlayered(graph, layers), (
         "add these modules to a layer in pyproject.toml [tool.importlinter]")
+
+
+def test_the_installed_package_imports_nothing_from_the_dev_extra():
+    """``ragstream chaos`` imported hypothesis, so it failed on a production install."""
+
+    def name(requirement: str) -> str:
+        return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    dev_only = {name(r) for r in PROJECT["project"]["optional-dependencies"]["dev"]}
+    dev_only -= {name(r) for r in PROJECT["project"]["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    graph = grimp.build_graph(*INSTALLED, include_external_packages=True, cache_dir=None)
+    offenders = {
+        external: sorted(graph.find_modules_that_directly_import(external))
+        for external in graph.modules
+        if {name(d) for d in distributions.get(external, [])} & dev_only}
+    assert not offenders, f"installed modules import dev-only packages: {offenders}"
 
 
 # the checks fail where they should -------------------------------------------------------------
