@@ -28,8 +28,9 @@ INSTALLED = [p.rstrip("*") for p in PROJECT["tool"]["setuptools"]["packages"]["f
 configure()
 
 
-def import_graph(*packages: str) -> grimp.ImportGraph:
-    return grimp.build_graph(*packages, include_external_packages=False, cache_dir=None)
+def import_graph(*packages: str, type_checking: bool = True) -> grimp.ImportGraph:
+    return grimp.build_graph(*packages, include_external_packages=False, cache_dir=None,
+                             exclude_type_checking_imports=not type_checking)
 
 
 def import_cycles(graph: grimp.ImportGraph) -> list[tuple[str, ...]]:
@@ -66,7 +67,9 @@ def test_the_layer_contracts_are_kept():
 
 
 def test_no_module_imports_in_a_cycle():
-    cycles = import_cycles(import_graph(*CONFIG["root_packages"]))
+    # an import under ``if TYPE_CHECKING`` never runs, and it is how a module names in an
+    # annotation the type of a module that imports it (schemas.cloudevents <- schemas.envelope)
+    cycles = import_cycles(import_graph(*CONFIG["root_packages"], type_checking=False))
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
