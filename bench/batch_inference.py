@@ -46,7 +46,7 @@ from ragstream.supervisor import scrape  # noqa: E402
 from ragstream.transport import make_producer  # noqa: E402
 from ragstream.transport.base import OutMessage  # noqa: E402
 from ragstream.transport.kafka import connection_options, ensure_topics  # noqa: E402
-from ragstream.triton.requests import embed_request  # noqa: E402
+from testing.inference_requests import embed_request  # noqa: E402
 from ragstream.triton.server import TritonServer  # noqa: E402
 from schemas.catalogue import all_topic_names  # noqa: E402
 

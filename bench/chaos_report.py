@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ragstream import chaos  # noqa: E402
+from testing import chaos  # noqa: E402
 
 
 def main() -> None:

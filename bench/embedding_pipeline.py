@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.retrieval_support import load_beir, pipeline, services  # noqa: E402
 from producers.events import document_upserted  # noqa: E402
-from producers.publisher import Publisher  # noqa: E402
+from ragstream.publisher import Publisher  # noqa: E402
 from ragstream.chunking import Chunker  # noqa: E402
 from ragstream.datasets import shared_data_dir  # noqa: E402
 from ragstream.embedders import load_embedder  # noqa: E402

@@ -25,7 +25,7 @@ import aiokafka
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from producers.events import document_upserted  # noqa: E402
-from producers.publisher import encode  # noqa: E402
+from ragstream.publisher import encode  # noqa: E402
 from ragstream.config import Settings  # noqa: E402
 from ragstream.runner import make_runtime  # noqa: E402
 from ragstream.runtime import Batch  # noqa: E402

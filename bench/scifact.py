@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.retrieval_support import Beir, load_beir, pipeline, services  # noqa: E402
 from producers.events import document_upserted  # noqa: E402
-from producers.publisher import Publisher  # noqa: E402
+from ragstream.publisher import Publisher  # noqa: E402
 from ragstream.datasets import shared_data_dir  # noqa: E402
 from ragstream.embedders import MiniLMEmbedder  # noqa: E402
-from ragstream.index import FusionWeights, Searcher  # noqa: E402
+from ragstream.index.search import FusionWeights, Searcher  # noqa: E402
 
 METHODS = {"bm25": FusionWeights(dense=0, sparse=1), "dense": FusionWeights(dense=1, sparse=0),
            "hybrid": FusionWeights(dense=1, sparse=1)}

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from producers.events import document_upserted
-from producers.publisher import Publisher, encode
+from ragstream.publisher import Publisher, encode
 from ragstream.config import Settings
 from schemas.catalogue import DecodeError
 from schemas.envelope import Envelope

@@ -9,7 +9,7 @@ import aiokafka
 import kombu
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.config import Settings
 from ragstream.transport.base import OutMessage, Record
 from ragstream.transport.kafka import connection_options

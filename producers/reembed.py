@@ -13,7 +13,7 @@ import json
 
 import aiokafka
 
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.config import Settings
 from ragstream.stores.redis import connect
 from ragstream.transport.base import OutMessage

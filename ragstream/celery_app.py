@@ -7,6 +7,7 @@ Jobs are plain idempotent functions in their worker's package; each registers a 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from collections.abc import Callable
 
@@ -58,6 +59,15 @@ def configure_beat(app: Celery, settings: Settings) -> None:
 
 
 app = make_app()
+
+
+def run_beat(loglevel: str = "INFO") -> None:
+    """Run beat in this process until it is stopped."""
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    # a task module may add a default entry of its own: the configured schedule wins
+    app.conf.beat_schedule = beat_schedule()
+    app.Beat(loglevel=loglevel, max_interval=ScheduleSettings().max_loop_interval_s).run()
 
 
 def exclusive_task(name: str, lock_ttl_s: float = 60.0) -> Callable:

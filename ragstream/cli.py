@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from rich.table import Table
 
 from ragstream import logs
 from ragstream.config import Settings
-from ragstream.graph.cli import graph_app
+from ragstream.cli_graph import graph_app
 
 app = typer.Typer(help="ragstream: event-driven workers that keep RAG and KG stores fresh.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -44,6 +43,13 @@ def settings() -> Settings:
             for key, value in stack["env"].items():
                 os.environ.setdefault(key, value)
     return Settings()
+
+
+@app.callback()
+def _hand_down_settings(ctx: typer.Context) -> None:
+    # command groups in their own modules (ragstream graph) load settings through ctx.obj, so
+    # they need not import this module back
+    ctx.obj = settings
 
 
 def _pid_alive(pid: int) -> bool:
@@ -78,86 +84,37 @@ def up(
                                          "and the batch_inference worker.")] = False,
 ) -> None:
     """Start the embedded stack (Tansu, FalkorDB, the workers) and show their live status."""
-    from ragstream.stack import embedded_services
-    from ragstream.supervisor import Supervisor
-    from ragstream.transport import ensure_topics
-    from schemas.catalogue import all_topic_names
-    from workers import DEFAULT_STACK, consumer_groups
+    from ragstream.bringup import StopSignal, running_stack
+    from workers import DEFAULT_STACK
 
-    data_dir = _data_dir()
     names = [w.strip() for w in workers.split(",") if w.strip()] or list(DEFAULT_STACK)
     if triton and "batch_inference" not in names:
         names.append("batch_inference")
-    stop = {"now": False}
-
-    def request_stop(*_):
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    with embedded_services(data_dir) as services, _triton_service(triton, data_dir, services.env):
-        env = {**os.environ, **services.env}
-        cfg = Settings(**_settings_kwargs(services.env))
-        asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions,
-                                  consumer_groups(names, cfg.group_id)))
-        supervisor = Supervisor(names, services.env, data_dir)
-        supervisor.start()
-        stack_file = data_dir / STACK_ENV
-        stack_file.write_text(json.dumps({"pid": os.getpid(), "env": services.env}))
-        console.print(f"[bold]ragstream up[/]: kafka {env['RAGSTREAM_KAFKA_BOOTSTRAP']}, "
+    data_dir = _data_dir()
+    stop = StopSignal()
+    with running_stack(names, data_dir, triton=triton, announce=data_dir / STACK_ENV,
+                       say=console.print) as stack:
+        console.print(f"[bold]ragstream up[/]: kafka {stack.settings.kafka_bootstrap}, "
                       f"workers {', '.join(names)}; data in {data_dir}/. Ctrl-C stops.")
-        started = time.monotonic()
-        try:
-            if live:
-                with Live(console=console, refresh_per_second=2) as view:
-                    while not stop["now"] and not _expired(started, duration):
-                        view.update(_status_table(supervisor.poll()))
-                        time.sleep(1)
-            else:
-                while not stop["now"] and not _expired(started, duration):
-                    for s in supervisor.poll():
-                        console.print(f"{s.name} {s.state} pid={s.pid} processed={s.processed:.0f} "
-                                      f"rate={s.events_per_s:.1f}/s lag={s.lag:.0f} "
-                                      f"dlq={s.dead_lettered:.0f} restarts={s.restarts}")
-                    _sleep_unless(stop, 5)
-        finally:
-            console.print("stopping: draining workers, then the stores")
-            supervisor.stop(cfg.drain_timeout_s)
-            stack_file.unlink(missing_ok=True)
+        until = time.monotonic() + duration if duration > 0 else float("inf")
+        if live:
+            with Live(console=console, refresh_per_second=2) as view:
+                while not stop.requested and time.monotonic() < until:
+                    view.update(_status_table(stack.supervisor.poll()))
+                    stop.wait(1)
+        else:
+            while not stop.requested and time.monotonic() < until:
+                for s in stack.supervisor.poll():
+                    console.print(f"{s.name} {s.state} pid={s.pid} processed={s.processed:.0f} "
+                                  f"rate={s.events_per_s:.1f}/s lag={s.lag:.0f} "
+                                  f"dlq={s.dead_lettered:.0f} restarts={s.restarts}")
+                stop.wait(min(5, until - time.monotonic()))
     console.print("stopped cleanly")
-
-
-@contextlib.contextmanager
-def _triton_service(wanted: bool, data_dir: Path, env: dict[str, str]):
-    """Start the local Triton for ``up --triton`` unless RAGSTREAM_TRITON_URL points elsewhere."""
-    if not wanted or os.environ.get("RAGSTREAM_TRITON_URL"):
-        yield None
-        return
-    from ragstream.triton.server import TritonServer
-
-    console.print("starting Triton (PyTriton; 10-30 s)")
-    server = TritonServer(data_dir)
-    server.start()
-    env.update(server.worker_env())
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _settings_kwargs(env: dict[str, str]) -> dict:
     prefix = "RAGSTREAM_"
     return {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)}
-
-
-def _expired(started: float, duration: float) -> bool:
-    return duration > 0 and time.monotonic() - started >= duration
-
-
-def _sleep_unless(stop: dict, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while not stop["now"] and time.monotonic() < end:
-        time.sleep(0.1)
 
 
 def _status_table(statuses) -> Table:
@@ -183,28 +140,17 @@ def demo(
     if os.environ.get("RAGSTREAM_KAFKA_BOOTSTRAP"):
         asyncio.run(_demo(cfg, limit, wait))
         return
-    from ragstream.stack import embedded_services
-    from ragstream.supervisor import Supervisor
-    from ragstream.transport import ensure_topics
-    from schemas.catalogue import all_topic_names
-    from workers import DEFAULT_STACK, consumer_groups
+    from ragstream.bringup import running_stack
+    from workers import DEFAULT_STACK
 
-    with embedded_services(_data_dir()) as services:
-        cfg = Settings(**_settings_kwargs(services.env))
-        asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions,
-                                  consumer_groups(list(DEFAULT_STACK), cfg.group_id)))
-        supervisor = Supervisor(list(DEFAULT_STACK), services.env, _data_dir())
-        supervisor.start()
-        try:
-            asyncio.run(_demo(cfg, limit, wait))
-        finally:
-            supervisor.stop(cfg.drain_timeout_s)
+    with running_stack(DEFAULT_STACK, _data_dir(), say=console.print) as stack:
+        asyncio.run(_demo(stack.settings, limit, wait))
 
 
 async def _demo(cfg: Settings, limit: int, wait: float) -> None:
     from producers import reuters
     from producers.events import document_upserted
-    from producers.publisher import Publisher
+    from ragstream.publisher import Publisher
     from producers.subscribe import subscribe
 
     docs = list(reuters.load(limit=limit))
@@ -375,32 +321,6 @@ def topics(
                                   consumer_groups(names, cfg.group_id)))
 
 
-
-@app.command()
-def chaos(
-    events: Annotated[int, typer.Option(help="Reuters documents in the source history.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seeds the history, the faults and the bad input.")] = 1,
-    invalid: Annotated[int, typer.Option(help="Invalid events mixed into the hostile run.")] = 1000,
-    kills: Annotated[int, typer.Option(help="SIGKILLs of random workers in the chaos run.")] = 10,
-    outage: Annotated[float, typer.Option(help="Seconds the graph store is down.")] = 20.0,
-    workdir: Annotated[Path, typer.Option(help="Where the runs keep their stores and logs.")]
-    = Path(".ragstream/chaos"),
-) -> None:
-    """Clean run, chaos run and hostile-input run of one seeded history; compare the stores."""
-    from ragstream import chaos as harness
-
-    report = asyncio.run(harness.run_all(
-        events, seed, workdir, invalid=invalid,
-        plan=harness.ChaosPlan(kills=kills, outage_s=outage),
-        log=lambda m: console.print(m, markup=False, highlight=False)))
-    print(harness.format_table(report))
-    summary = report.summary()
-    print(json.dumps(summary))
-    if not (summary["state_equal"] and summary["lost"] == 0 and summary["duplicated"] == 0
-            and summary["dlq_expected"] == summary["dlq_actual"]):
-        raise typer.Exit(1)
-
-
 # retrieval --------------------------------------------------------------------------------------
 
 
@@ -415,8 +335,8 @@ def search(
     = False,
 ) -> None:
     """Hybrid search of the live index: dense and BM25 fused with reciprocal rank fusion."""
-    from ragstream.index import FusionWeights
-    from ragstream.index import search as run_search
+    from ragstream.index.search import FusionWeights
+    from ragstream.index.search import search as run_search
 
     hits = run_search(settings(), query, k, FusionWeights(dense=dense, sparse=sparse),
                       per_document)
@@ -474,7 +394,7 @@ def refresh_gcn(
 @app.command()
 def beat() -> None:
     """Run the Celery beat scheduler. Start several: only the lock holder fires."""
-    from ragstream.schedule import run_beat
+    from ragstream.celery_app import run_beat
 
     cfg = settings()
     logs.configure(cfg.log_level)
@@ -546,29 +466,23 @@ def triton_serve(
     models: Annotated[str, typer.Option(help="Comma-separated.")] = "minilm,minilm_reranker",
 ) -> None:
     """Serve MiniLM (embedder) and the MiniLM reranker on a real Triton, with its dynamic batcher."""
+    from ragstream.bringup import StopSignal
     from ragstream.triton.server import TritonServer
 
     server = TritonServer(_data_dir(), http_port=http_port, grpc_port=grpc_port,
                           metrics_port=metrics_port, max_batch_size=max_batch_size,
                           max_queue_delay_us=max_queue_delay_us, max_queue_size=max_queue_size,
                           models=models)
-    stop = {"now": False}
-
-    def request_stop(*_):
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = StopSignal()
     server.start()
     console.print(f"[bold]triton[/]: grpc {server.grpc_url}, http {server.http_url}, metrics "
                   f"127.0.0.1:{server.metrics_port}; models {models}; log {server.log_path}. "
                   "Ctrl-C stops.")
     try:
-        while not stop["now"]:
+        while not stop.wait(1):
             if not server.alive():
                 console.print(f"triton exited:\n{server.tail()}")
                 raise typer.Exit(1)
-            _sleep_unless(stop, 1)
     finally:
         server.stop()
 

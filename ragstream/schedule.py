@@ -1,4 +1,4 @@
-"""The beat schedule, from config (``RAGSTREAM_SCHEDULE_*``), and running beat.
+"""The beat schedule, from config (``RAGSTREAM_SCHEDULE_*``); ``celery_app.run_beat`` runs it.
 
 Each job's period is a number of seconds ("300") or a five-field crontab ("0 3 * * *").
 Tasks are named, not imported: the beat process needs no model code. ``test_beat_schedule``
@@ -11,8 +11,6 @@ too, so the successor continues the schedule instead of firing everything again.
 """
 
 from __future__ import annotations
-
-import importlib
 
 from celery.schedules import crontab
 from pydantic import Field, field_validator
@@ -67,13 +65,3 @@ def beat_schedule(cfg: ScheduleSettings | None = None) -> dict[str, dict]:
     return {entry: {"task": task, "schedule": period(getattr(cfg, field))}
             for entry, (task, field) in ENTRIES.items()}
 
-
-def run_beat(loglevel: str = "INFO") -> None:
-    """Run beat in this process until it is stopped."""
-    from ragstream.celery_app import TASK_MODULES, app
-
-    for module in TASK_MODULES:
-        importlib.import_module(module)
-    # a task module may add a default entry of its own: the configured schedule wins
-    app.conf.beat_schedule = beat_schedule()
-    app.Beat(loglevel=loglevel, max_interval=ScheduleSettings().max_loop_interval_s).run()

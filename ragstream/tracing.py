@@ -184,16 +184,6 @@ def server_span(name: str, traceparent: str | None, trace_id: str | None = None,
         yield span
 
 
-def current_traceparent() -> str | None:
-    """The traceparent of the span running now, if tracing is on and one is."""
-    if not ENABLED:
-        return None
-    from opentelemetry import trace
-
-    span = trace.get_current_span()
-    return traceparent_of(span) if span.get_span_context().is_valid else None
-
-
 @contextlib.contextmanager
 def publishing(messages: Sequence[Any], parents: dict[str, Any] | None = None,
                name: str = "publish") -> Iterator[list[Any]]:

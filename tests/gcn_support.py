@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ragstream.gcn import synthetic
+from testing import synthetic_graph as synthetic
 from ragstream.gcn.config import GcnSettings
 from ragstream.graph import KgSettings
 from ragstream.graph.backends import FalkorBackend

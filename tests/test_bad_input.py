@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from producers.dlq import replay
 from producers.events import document_upserted
-from producers.publisher import Publisher, encode
+from ragstream.publisher import Publisher, encode
 from ragstream.config import Settings
 from ragstream.runtime import Batch, PermanentError
 from ragstream.stack import Tansu

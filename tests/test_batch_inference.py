@@ -15,10 +15,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.config import Settings
 from ragstream.embedders import TritonEmbedder
-from ragstream.triton.requests import embed_request, request, rerank_request
+from testing.inference_requests import embed_request, request, rerank_request
 from ragstream.triton.server import TritonServer
 from tests.helpers import eventually, read_topic, running
 from workers.batch_inference import BatchInferenceWorker

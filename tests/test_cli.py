@@ -97,7 +97,7 @@ def _alive(pid: int) -> bool:
 
 async def test_tail_filters_by_type_subject_and_field(env, settings, topics):
     from producers.events import document_deleted
-    from producers.publisher import Publisher
+    from ragstream.publisher import Publisher
 
     async with Publisher(settings) as pub:
         await pub.publish([document_upserted("news-1", "a", version=1),
@@ -113,7 +113,7 @@ async def test_tail_filters_by_type_subject_and_field(env, settings, topics):
 
 
 async def test_tail_prints_dead_letters_with_their_reason_and_bytes(env, settings, topics):
-    from producers.publisher import Publisher
+    from ragstream.publisher import Publisher
     from ragstream.transport.base import OutMessage
     from tests.helpers import eventually, running
     from workers.echo import EchoWorker

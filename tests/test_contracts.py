@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from producers.events import document_upserted
-from producers.publisher import encode
+from ragstream.publisher import encode
 from schemas import generate
 from schemas.catalogue import DecodeError, decode, topic, validate
 from schemas.envelope import Envelope

@@ -14,7 +14,7 @@ import aiokafka
 import pytest
 
 from producers.events import document_upserted
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.supervisor import scrape
 from ragstream.stack import free_port
 from ragstream.transport.kafka import connection_options

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from producers.events import document_upserted
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from tests.helpers import Tap, eventually, running
 from workers.echo import EchoWorker
 

@@ -8,9 +8,9 @@ import json
 from aiokafka import AIOKafkaProducer
 
 from producers.events import document_deleted, document_upserted
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.chunking import Chunker
-from ragstream.index import FusionWeights, Searcher
+from ragstream.index.search import FusionWeights, Searcher
 from ragstream.transport.kafka import connection_options
 from tests.helpers import eventually, read_topic
 from tests.retrieval_support import (indexed_chunks, log_length, metric, pipeline, processed,

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import redis.asyncio
 
-from ragstream.gcn import synthetic
+from testing import synthetic_graph as synthetic
 from ragstream.gcn.dirty import DirtySet
 from ragstream.gcn.jobs import run_job
 from ragstream.gcn.store import EmbeddingStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ragstream.gcn import synthetic
+from testing import synthetic_graph as synthetic
 from ragstream.gcn.dirty import DirtySet, dirty_entities
 from ragstream.gcn.jobs import run_job
 from ragstream.gcn.store import EmbeddingStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import redis.asyncio
 
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.gcn.dirty import DirtySet
 from ragstream.graph import KgSettings
 from schemas.catalogue import KG_CHANGED

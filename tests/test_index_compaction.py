@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ragstream.index import FusionWeights, Searcher
+from ragstream.index.search import FusionWeights, Searcher
 from ragstream.index import snapshots
 from ragstream.index.compaction import compact
 from ragstream.index.replica import IndexReplica

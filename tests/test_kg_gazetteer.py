@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from producers.events import document_upserted
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.celery_app import make_app
 from ragstream.graph import KgSettings
 from ragstream.schedule import ENTRIES

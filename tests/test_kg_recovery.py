@@ -12,7 +12,7 @@ import pytest
 
 from producers import reuters
 from producers.events import document_deleted, document_upserted
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.config import Settings
 from ragstream.graph import KgSettings, open_graph_store
 from ragstream.stack import FalkorDB, free_port

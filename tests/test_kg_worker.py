@@ -8,7 +8,7 @@ import re
 import pytest
 
 from producers.events import document_deleted, document_upserted
-from producers.publisher import Publisher, encode
+from ragstream.publisher import Publisher, encode
 from ragstream.nlp.resolve import Resolver
 from ragstream.transport.base import OutMessage
 from schemas.catalogue import KG_CHANGED

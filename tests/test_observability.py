@@ -23,11 +23,11 @@ import httpx
 import yaml
 
 from producers.gateway.auth import new_key
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.stack import ManagedProcess, free_port, worker_process
 from ragstream.transport.base import OutMessage
 from ragstream.transport.kafka import KafkaProducer
-from ragstream.triton.requests import embed_request
+from testing.inference_requests import embed_request
 from ragstream.triton.server import TritonServer
 from tests.helpers import eventually
 

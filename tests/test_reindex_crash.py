@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from producers.events import document_upserted
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.chunking import Chunker
 from ragstream.index.replica import IndexReplica
 from tests.helpers import eventually, start_worker

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from producers.events import document_upserted
-from producers.publisher import encode
+from ragstream.publisher import encode
 from ragstream.config import Settings
 from ragstream.runtime import Batch, PermanentError, Sink, SinkUnavailable, Worker, for_each_key
 from ragstream.transport.base import OutMessage

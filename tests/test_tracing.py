@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind
 from producers.events import document_upserted
 from producers.gateway.app import create_app, traceparent_for
 from producers.gateway.auth import new_key
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream import tracing
 from ragstream.stack import ManagedProcess
 from ragstream.transport.base import OutMessage

@@ -9,7 +9,7 @@ from tritonclient.utils import InferenceServerException
 
 from ragstream.triton.client import (CircuitBreaker, TritonRejected, TritonUnavailable, classify,
                                      model_info, to_numpy)
-from ragstream.triton.requests import embed_request, request
+from testing.inference_requests import embed_request, request
 from schemas.payloads import InferenceRequested
 from workers.batch_inference import BatchInferenceWorker, validate
 

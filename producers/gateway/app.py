@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from producers.events import document_deleted, document_upserted
 from producers.gateway.auth import ApiKey, KeyStore
 from producers.gateway.ratelimit import RateLimiter
-from producers.publisher import Publisher, encode, topic_for
+from ragstream.publisher import Publisher, encode, topic_for
 from ragstream import tracing
 from ragstream.config import Settings
 from ragstream.metrics import LATENCY_BUCKETS
@@ -182,7 +182,7 @@ class Gateway:
         embedder = await self.embedder()
         async with self._models_lock:
             if self._searcher is None:
-                from ragstream.index import Searcher
+                from ragstream.index.search import Searcher
 
                 self._searcher = Searcher(self.settings, embedder)
         return self._searcher

@@ -14,6 +14,7 @@ from ragstream.config import Settings
 from ragstream.gcn.config import GcnSettings
 from ragstream.gcn.dirty import DirtySet
 from ragstream.locks import renewed_lock
+from ragstream.publisher import Publisher
 from ragstream.gcn.refresh import Announce, Refresher, RefreshReport
 from ragstream.gcn.store import EmbeddingStore
 from ragstream.graph import KgSettings, open_graph_store
@@ -71,8 +72,6 @@ def announcements(graph_name: str, version: int, model: str, dimension: int, ids
 def kafka_announcer(settings: Settings, graph_name: str, ids_per_event: int) -> Announce:
     async def announce(version: int, model: str, dimension: int, ids: list[str],
                        full: bool) -> None:
-        from producers.publisher import Publisher
-
         async with Publisher(settings) as publisher:
             await publisher.publish(announcements(graph_name, version, model, dimension, ids,
                                                   full, ids_per_event))

@@ -1,7 +1,5 @@
 """The hybrid (dense + BM25) chunk index: durable state in Redis, replicas in every reader.
 
-See docs/retrieval.md for the design."""
-
-from ragstream.index.search import FusionWeights, Hit, Searcher, search
-
-__all__ = ["FusionWeights", "Hit", "Searcher", "search"]
+Readers use ``ragstream.index.search``. This module imports nothing, so importing a part of the
+index (the reindex worker's ``store``, the replica) never loads the search side and its
+embedder, and ``replica -> index -> search -> replica`` cannot form. See docs/retrieval.md."""

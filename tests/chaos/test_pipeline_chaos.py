@@ -10,15 +10,15 @@ each on its own Tansu broker and FalkorDB server, with the workers as real subpr
 - hostile: 1,000 invalid events (a fixed corpus of nasties, the rest drawn by hypothesis), every
   valid event published twice, older versions re-sent after newer ones.
 
-The suite runs a 60-document history to stay inside the CI budget; ``ragstream chaos`` and
-``bench/chaos_report.py`` run the same code on 2,000 documents (docs/reliability.md).
+The suite runs a 60-document history to stay inside the CI budget; ``bench/chaos_report.py``
+runs the same code on 2,000 documents (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from ragstream import chaos
+from testing import chaos
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

@@ -1,7 +1,7 @@
 """Whole-pipeline chaos: the derived stores converge to a clean run's state whatever fails.
 
-One harness, three entry points: ``tests/chaos/`` (pytest, a smaller history), ``ragstream chaos``
-and ``bench/chaos_report.py`` (2,000 Reuters documents by default). See docs/reliability.md.
+One harness, two entry points: ``tests/chaos/`` (pytest, a smaller history) and
+``bench/chaos_report.py`` (2,000 Reuters documents by default). See docs/reliability.md.
 
 A *run* starts its own Tansu broker and its own FalkorDB server (the graph store and the Redis of
 the index, ledgers and cache), publishes a seeded source history, starts the pipeline's workers as
@@ -43,7 +43,7 @@ import redis
 
 from producers import reuters
 from producers.events import document_deleted, document_upserted
-from producers.publisher import encode
+from ragstream.publisher import encode
 from ragstream.config import Settings
 from ragstream.stack import FalkorDB, ManagedProcess, Tansu, worker_process
 from schemas.envelope import Envelope
