@@ -9,7 +9,7 @@ import json
 import uuid
 
 from producers.events import document_upserted
-from producers.publisher import Publisher
+from ragstream.publisher import Publisher
 from ragstream.config import Settings
 from ragstream.stack import SeaweedFS, Tansu
 from ragstream.transport.kafka import ensure_topics

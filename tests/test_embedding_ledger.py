@@ -6,7 +6,7 @@ publish step is the one thing left out, as a failed publish leaves it out."""
 from __future__ import annotations
 
 from producers.events import document_upserted
-from producers.publisher import encode
+from ragstream.publisher import encode
 from ragstream.context import WorkerContext
 from ragstream.metrics import RuntimeMetrics
 from ragstream.runtime import Batch, Event
