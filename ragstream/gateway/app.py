@@ -29,8 +29,8 @@ from pydantic import BaseModel, Field
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from producers.events import document_deleted, document_upserted
-from producers.gateway.auth import ApiKey, KeyStore
-from producers.gateway.ratelimit import RateLimiter
+from ragstream.gateway.auth import ApiKey, KeyStore
+from ragstream.gateway.ratelimit import RateLimiter
 from producers.publisher import Publisher, encode, topic_for
 from ragstream import tracing
 from ragstream.config import Settings
