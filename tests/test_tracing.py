@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from producers.events import document_upserted
-from ragstream.gateway.app import create_app, traceparent_for
+from ragstream.gateway.app import create_app
+from ragstream.gateway.dependencies import traceparent_for
 from ragstream.gateway.auth import new_key
 from producers.publisher import Publisher
 from ragstream import tracing
