@@ -13,14 +13,15 @@ import uuid
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from tritonclient.utils import InferenceServerException
 
 from ragstream.config import Settings
 from ragstream.stack import free_port
 from ragstream.triton.client import (TritonClient, TritonRejected, TritonUnavailable, classify,
                                      model_info, to_numpy)
-from ragstream.triton.dispatch import (CircuitBreaker, ModelPolicy, ModelSettings, backoff_s,
-                                       validate)
+from ragstream.triton.dispatch import (CircuitBreaker, Dispatcher, Item, ModelPolicy, ModelSettings,
+                                       backoff_s, validate)
 from ragstream.triton.requests import embed_request, request
 from ragstream.triton.server import TritonServer
 from schemas.payloads import InferenceRequested
@@ -145,7 +146,7 @@ async def test_a_deadline_without_a_time_zone_is_read_as_utc():
     assert result.data["status"] == "expired"
 
 
-# what a real Triton answers ------------------------------------------------------------------------
+# what a real Triton answers ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +237,25 @@ def test_per_model_settings_follow_their_file(tmp_path):
     assert models.fill_records == 512
     rewrite("[1, 2]", 10)  # not an object: the settings in force stay
     assert not models.reload() and models.policy("minilm").max_batch_size == 512
+
+
+async def test_dispatcher_stays_within_the_models_queue_limit(triton):
+    """A queue of one at Triton: the dispatcher never has more than one call in flight, so a
+    burst of calls all succeed, with no retry (a full queue would be retried, or raised here)."""
+    settings = Settings.from_env({**triton.worker_env("grpc"), "RAGSTREAM_INFERENCE_RETRIES": "0",
+                                  "RAGSTREAM_INFERENCE_MAX_INFLIGHT": "8"})
+    client = TritonClient(settings)
+    registry = CollectorRegistry()
+    try:
+        dispatcher = Dispatcher(client, settings, registry)
+        info = await client.info("minilm")
+        assert info.max_queue_size == 1
+        items = [Item(payload(embed_request(f"text {i}")), {"text": column(f"text {i}")[0]},
+                      sent_at=time.time()) for i in range(24)]
+        await asyncio.gather(*[dispatcher.run(info, None, [item]) for item in items])
+    finally:
+        await client.close()
+    assert all(i.error is None and i.outputs["embedding"].shape == (384,) for i in items)
+    assert registry.get_sample_value("ragstream_inference_retries_total", {"model": "minilm"}) == 0
+    assert registry.get_sample_value("ragstream_inference_batch_size_count",
+                                     {"model": "minilm"}) == 24

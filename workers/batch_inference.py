@@ -105,8 +105,8 @@ class BatchInferenceWorker(Worker):
         for event in batch.events:
             req: InferenceRequested = event.payload
             if not _replyable(req.reply_to):
-                self._answer(batch, event, "invalid", RESULTS_TOPIC,
-                             error=f"reply_to {req.reply_to!r} is not a topic for inference results")
+                self._answer(batch, event, "invalid", RESULTS_TOPIC, error=f"reply_to "
+                             f"{req.reply_to!r} is not a topic for inference results")
                 continue
             deadline = req.deadline
             if deadline is not None and deadline.tzinfo is None:
