@@ -24,7 +24,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from producers.events import document_upserted  # noqa: E402
-from producers.gateway.auth import new_key  # noqa: E402
+from ragstream.gateway.auth import new_key  # noqa: E402
 from ragstream.publisher import Publisher  # noqa: E402
 from ragstream.config import Settings  # noqa: E402
 from ragstream.stack import FalkorDB, ManagedProcess, Tansu, free_port  # noqa: E402

@@ -420,7 +420,7 @@ def gateway(
     """Serve the HTTP gateway (/v1). SIGHUP re-reads the API keys."""
     import uvicorn
 
-    from producers.gateway.app import create_app
+    from ragstream.gateway.app import create_app
 
     cfg = settings()
     logs.configure(cfg.log_level)
@@ -440,7 +440,7 @@ def apikey_new(
     burst: Annotated[int, typer.Option(help="Bucket size.")] = 100,
 ) -> None:
     """Make a key: the key is printed once to stderr; add the JSON entry (stdout) to the keys file."""
-    from producers.gateway.auth import new_key
+    from ragstream.gateway.auth import new_key
 
     key, entry = new_key(key_id, [s.strip() for s in scopes.split(",") if s.strip()], rate, burst)
     console.print(f"API key for {key_id} (shown once): {key}")

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from producers.events import document_upserted
-from producers.gateway.auth import new_key
-from producers.gateway.openapi import SPEC, generate
+from ragstream.gateway.auth import new_key
+from ragstream.gateway.openapi import SPEC, generate
 from ragstream.stack import ManagedProcess, free_port
 from tests.helpers import read_topic
 
@@ -149,7 +149,7 @@ def test_infer_times_out_with_504_when_no_result_comes(server, keys):
 
 
 def test_committed_openapi_matches_the_code():
-    assert SPEC.read_text() == generate(), "run `python -m producers.gateway.openapi`"
+    assert SPEC.read_text() == generate(), "run `python -m ragstream.gateway.openapi`"
 
 
 @pytest.mark.slow

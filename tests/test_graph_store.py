@@ -11,7 +11,7 @@ from ragstream.graph import cypher
 from ragstream.graph.backends import FalkorBackend, Neo4jBackend
 from ragstream.graph.dialect import NEO4J_CONSTRAINTS
 from ragstream.graph.model import DocumentChange, LinkedEntity, cooccurring
-from ragstream.runtime import SinkUnavailable
+from ragstream.errors import SinkUnavailable
 from tests.kg_support import assert_consistent, graph, snapshot  # noqa: F401  (fixture)
 
 HOSTILE = [

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from producers.gateway.auth import new_key
+from ragstream.gateway.auth import new_key
 from ragstream.publisher import Publisher
 from ragstream.stack import ManagedProcess, free_port, worker_process
 from ragstream.transport.base import OutMessage

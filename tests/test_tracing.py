@@ -15,8 +15,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from producers.events import document_upserted
-from producers.gateway.app import create_app, traceparent_for
-from producers.gateway.auth import new_key
+from ragstream.gateway.app import create_app
+from ragstream.gateway.auth import new_key
+from ragstream.gateway.dependencies import traceparent_for
 from ragstream.publisher import Publisher
 from ragstream import tracing
 from ragstream.stack import ManagedProcess

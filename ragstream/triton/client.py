@@ -4,10 +4,10 @@
   TLS files and an auth header from ``Settings`` (secrets: ``RAGSTREAM_TRITON_AUTH_HEADER_FILE``).
 - What a model takes and gives, and its max batch size and queue limit, are learned from Triton's
   model metadata and config (``ModelInfo``), never assumed.
-- Errors are sorted: ``TritonUnavailable`` (down, overloaded, queue full, timed out: retry later)
-  versus ``TritonRejected`` (this request can never succeed: bad input, unknown model).
-- ``CircuitBreaker``: after N consecutive transient failures a model is not called for a while,
-  then one probe is let through.
+- Errors are sorted by their gRPC status code (an HTTP status counts as its gRPC equivalent),
+  never by their text: ``TritonUnavailable`` (down, overloaded, queue full, timed out: retry
+  later) versus ``TritonRejected`` (this request can never succeed: bad input, unknown model).
+- What to do about an error (retries, the breaker, the fallback) is ``dispatch``'s business.
 """
 
 from __future__ import annotations
@@ -15,66 +15,92 @@ from __future__ import annotations
 import asyncio
 import math
 import ssl as ssl_lib
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
+from grpc import StatusCode
 
 from ragstream.config import Settings
 
 
 class TritonError(Exception):
-    pass
+    def __init__(self, message: str, code: StatusCode = StatusCode.UNKNOWN):
+        super().__init__(message)
+        self.code = code
 
 
 class TritonUnavailable(TritonError, ConnectionError):
     """Transient: Triton is down, overloaded, its queue is full, or it timed out. Retry later.
     A ``ConnectionError``, so the worker runtime treats it as backpressure."""
 
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, code: StatusCode = StatusCode.UNAVAILABLE,
+                 retry_after: float | None = None):
+        super().__init__(message, code)
         self.retry_after = retry_after
 
 
 class TritonRejected(TritonError):
-    """Permanent: Triton refused this request (bad shape or dtype, unknown model or version)."""
+    """Permanent: Triton refused this request and will refuse it again."""
+
+    @property
+    def invalid(self) -> bool:
+        """The request is at fault (bad shape or dtype, unknown model or version); otherwise the
+        model failed on it (INTERNAL, UNIMPLEMENTED, ...)."""
+        return self.code in _REQUEST_AT_FAULT
 
 
-# gRPC status codes and HTTP statuses that mean "try again later". A refused token is one too:
-# it is the deployment's fault, not the request's, so requests wait (backpressure) for the fix
-# instead of going to the dead-letter topic by the thousand.
-_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "ABORTED",
-              "UNKNOWN", "UNAUTHENTICATED", "PERMISSION_DENIED", "500", "502", "503", "504",
-              "429", "401", "403")
-_TRANSIENT_TEXT = ("exceeds maximum queue size", "connection", "timeout", "timed out",
-                   "unavailable", "deadline", "socket", "failed to connect")
+# Codes that mean "try again later". A refused token is one too (Triton answers UNAVAILABLE over
+# gRPC, 403 over HTTP): it is the deployment's fault, not the request's, so requests wait
+# (backpressure) for the fix instead of going to the dead-letter topic by the thousand. A full
+# queue is UNAVAILABLE (503 over HTTP).
+_TRANSIENT = frozenset({StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED,
+                        StatusCode.RESOURCE_EXHAUSTED, StatusCode.CANCELLED, StatusCode.ABORTED,
+                        StatusCode.UNKNOWN, StatusCode.UNAUTHENTICATED,
+                        StatusCode.PERMISSION_DENIED})
+_REQUEST_AT_FAULT = frozenset({StatusCode.INVALID_ARGUMENT, StatusCode.NOT_FOUND,
+                               StatusCode.OUT_OF_RANGE})
+# Triton's HTTP statuses as the gRPC codes it sends for the same errors, so both protocols are
+# sorted by one table.
+_HTTP_TO_GRPC = {400: StatusCode.INVALID_ARGUMENT, 401: StatusCode.UNAUTHENTICATED,
+                 403: StatusCode.PERMISSION_DENIED, 404: StatusCode.NOT_FOUND,
+                 408: StatusCode.DEADLINE_EXCEEDED, 409: StatusCode.ABORTED,
+                 429: StatusCode.RESOURCE_EXHAUSTED, 499: StatusCode.CANCELLED,
+                 500: StatusCode.INTERNAL, 501: StatusCode.UNIMPLEMENTED,
+                 502: StatusCode.UNAVAILABLE, 503: StatusCode.UNAVAILABLE,
+                 504: StatusCode.DEADLINE_EXCEEDED}
+
+
+def status_code(exc: BaseException) -> StatusCode | None:
+    """The gRPC status code of a gRPC or tritonclient error (an HTTP status is mapped to its gRPC
+    equivalent); None for an error that carries no status."""
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        return exc.code()
+    from tritonclient.utils import InferenceServerException
+
+    if not isinstance(exc, InferenceServerException) or not exc.status():
+        return None
+    status = str(exc.status())  # tritonclient gives str(grpc.StatusCode) or the HTTP status
+    if status.isdigit():
+        http = int(status)
+        return _HTTP_TO_GRPC.get(http, StatusCode.FAILED_PRECONDITION if http < 500
+                                 else StatusCode.UNAVAILABLE)
+    return StatusCode.__members__.get(status.removeprefix("StatusCode."), StatusCode.UNKNOWN)
 
 
 def classify(exc: BaseException) -> TritonError:
-    """Map a tritonclient, gRPC or aiohttp error to transient or permanent."""
+    """Map a tritonclient, gRPC or aiohttp error to transient or permanent, by its status code.
+    An error without one (a refused connection, a timeout, anything unknown) is transient: never
+    drop a request on a guess."""
     if isinstance(exc, TritonError):
         return exc
-    from tritonclient.utils import InferenceServerException
-
-    if isinstance(exc, InferenceServerException):
-        status = str(exc.status() or "")
-        text = str(exc.message() or exc)
-        if any(code in status for code in _TRANSIENT) or (
-                not status and any(t in text.lower() for t in _TRANSIENT_TEXT)):
-            return TritonUnavailable(f"{status} {text}".strip())
-        if "exceeds maximum queue size" in text.lower():  # Triton's queue policy said no
-            return TritonUnavailable(text)
-        return TritonRejected(f"{status} {text}".strip())
-    if isinstance(exc, (OSError, asyncio.TimeoutError, TimeoutError)):
-        return TritonUnavailable(repr(exc))
-    try:
-        import aiohttp
-        if isinstance(exc, aiohttp.ClientError):
-            return TritonUnavailable(repr(exc))
-    except ImportError:  # pragma: no cover
-        pass
-    return TritonUnavailable(repr(exc))  # unknown: never drop a request on a guess
+    code = status_code(exc)
+    text = exc.message() if callable(getattr(exc, "message", None)) else repr(exc)
+    if code is None or code in _TRANSIENT:
+        return TritonUnavailable(f"{code.name if code else type(exc).__name__}: {text}",
+                                 code or StatusCode.UNAVAILABLE)
+    return TritonRejected(f"{code.name}: {text}", code)
 
 
 @dataclass(frozen=True)
@@ -204,8 +230,6 @@ def to_json(datatype: str, arr: np.ndarray) -> list:
     return flat.tolist()
 
 
-_MODEL_GONE = "request for unknown model"
-
 
 class TritonClient:
     """Async Triton client. ``info`` is cached per model+version; ``infer`` runs one batch."""
@@ -264,13 +288,13 @@ class TritonClient:
                     raise TritonUnavailable(f"Triton is not ready: {err}") from exc
                 if isinstance(err, TritonRejected):
                     raise TritonRejected(f"model {model!r} version {version or 'latest'}: "
-                                         f"{err}") from exc
+                                         f"{err}", err.code) from exc
                 raise err from exc
             self._info[key] = model_info(meta, config)
         return self._info[key]
 
     def forget(self, model: str, version: str | None = None) -> None:
-        """Drop cached metadata (after a reload, say)."""
+        """Drop cached metadata, so the next ``info`` asks Triton again."""
         self._info.pop((model, version or ""), None)
 
     async def infer(self, info: ModelInfo, inputs: dict[str, np.ndarray],
@@ -287,7 +311,8 @@ class TritonClient:
             wanted = outputs or list(info.outputs)
             requested = [m.InferRequestedOutput(n) for n in wanted]
         except Exception as exc:
-            raise TritonRejected(f"cannot build the request: {exc}") from exc
+            raise TritonRejected(f"cannot build the request: {exc}",
+                                 StatusCode.INVALID_ARGUMENT) from exc
         try:
             if self.protocol == "grpc":
                 result = await self._client.infer(info.name, tensors, model_version=version or "",
@@ -299,50 +324,15 @@ class TritonClient:
                     headers=self.headers), self.timeout_s)
         except Exception as exc:
             err = classify(exc)
-            if isinstance(err, TritonRejected) and _MODEL_GONE in str(err).lower():
-                # Triton knew this model (we hold its metadata): it is restarting or reloading it
-                raise TritonUnavailable(str(err)) from exc
+            if err.code is StatusCode.NOT_FOUND:
+                # Triton knew this model (we hold its metadata): it is restarting or reloading it,
+                # or was unloaded. Its metadata stays cached, so the worker keeps treating its
+                # requests as valid and they wait (or go to the fallback) instead of being
+                # dead-lettered as "unknown model" by the thousand.
+                raise TritonUnavailable(str(err), err.code) from exc
+            if err.code is StatusCode.INVALID_ARGUMENT:
+                # Triton refused inputs our cached metadata accepted: the model may have been
+                # reloaded with a new signature, so the next look-up asks Triton again.
+                self.forget(info.name, version)
             raise err from exc
         return {n: result.as_numpy(n) for n in wanted}
-
-
-@dataclass
-class CircuitBreaker:
-    """Per model: closed -> open after ``failures`` consecutive transient errors -> after
-    ``reset_s`` half-open (one probe) -> closed on success, open again on failure."""
-
-    failures: int
-    reset_s: float
-    consecutive: int = 0
-    opened_at: float | None = None
-    probing: bool = False
-    _clock: Any = field(default=time.monotonic, repr=False)
-
-    @property
-    def state(self) -> str:
-        if self.opened_at is None:
-            return "closed"
-        return "half_open" if self._clock() - self.opened_at >= self.reset_s else "open"
-
-    def allow(self) -> bool:
-        state = self.state
-        if state == "closed":
-            return True
-        if state == "half_open" and not self.probing:
-            self.probing = True
-            return True
-        return False
-
-    def retry_after(self) -> float:
-        if self.opened_at is None:
-            return 0.0
-        return max(self.reset_s - (self._clock() - self.opened_at), 0.05)
-
-    def success(self) -> None:
-        self.consecutive, self.opened_at, self.probing = 0, None, False
-
-    def failure(self) -> None:
-        self.consecutive += 1
-        if self.probing or self.consecutive >= self.failures:
-            self.opened_at = self._clock()
-        self.probing = False

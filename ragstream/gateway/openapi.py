@@ -1,6 +1,6 @@
 """The gateway's OpenAPI document, generated from the code and committed beside it.
 
-``python -m producers.gateway.openapi`` rewrites it; ``--check`` fails when it is stale.
+``python -m ragstream.gateway.openapi`` rewrites it; ``--check`` fails when it is stale.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ SPEC = Path(__file__).with_name("openapi.json")
 
 
 def generate() -> str:
-    from producers.gateway.app import create_app
+    from ragstream.gateway.app import create_app
     from ragstream.config import Settings
 
     return dump_json(create_app(Settings(api_keys="[]")).openapi())
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     text = generate()
     if args.check:
         if not SPEC.exists() or SPEC.read_text() != text:
-            print(f"{SPEC} is stale: run `python -m producers.gateway.openapi`")
+            print(f"{SPEC} is stale: run `python -m ragstream.gateway.openapi`")
             return 1
         return 0
     SPEC.write_text(text)

@@ -1,0 +1,33 @@
+"""``PUT`` and ``DELETE /v1/documents/{doc_id}``: a document's upsert or tombstone event."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from producers.events import document_deleted, document_upserted
+from ragstream.gateway.dependencies import EventPublisher, GatewayState, Trace, require
+from ragstream.gateway.models import Accepted, DocId, DocumentIn
+
+router = APIRouter(tags=["publish"], dependencies=[require("publish")])
+
+
+@router.put("/v1/documents/{doc_id}", response_model=Accepted, status_code=202)
+async def put_document(doc_id: DocId, body: DocumentIn, gateway: GatewayState,
+                       publisher: EventPublisher, trace: Trace) -> Accepted:
+    envelope = document_upserted(doc_id, body.text, version=body.version, title=body.title,
+                                 source="ragstream/gateway", metadata=body.metadata,
+                                 traceparent=trace)
+    await publisher.publish([envelope])
+    gateway.events_accepted.inc()
+    return Accepted(id=envelope.id, topic="documents.v1")
+
+
+@router.delete("/v1/documents/{doc_id}", response_model=Accepted, status_code=202)
+async def delete_document(doc_id: DocId, version: Annotated[int, Query(ge=0)],
+                          gateway: GatewayState, publisher: EventPublisher) -> Accepted:
+    envelope = document_deleted(doc_id, version=version, source="ragstream/gateway")
+    await publisher.publish([envelope])
+    gateway.events_accepted.inc()
+    return Accepted(id=envelope.id, topic="documents.v1")

@@ -1,0 +1,20 @@
+"""``POST /v1/embed``: embeddings of a few texts, computed in the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+
+from ragstream.gateway.dependencies import GatewayState, require
+from ragstream.gateway.models import EmbedIn, EmbedOut
+
+router = APIRouter(tags=["infer"], dependencies=[require("infer")])
+
+
+@router.post("/v1/embed", response_model=EmbedOut)
+async def embed(body: EmbedIn, gateway: GatewayState) -> EmbedOut:
+    embedder = await gateway.embedder()
+    vectors = await asyncio.to_thread(embedder.embed, body.texts)
+    return EmbedOut(model=embedder.model_id, dimension=embedder.dimension,
+                    vectors=vectors.tolist())
