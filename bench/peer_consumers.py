@@ -12,12 +12,14 @@ the first records are in hand to the moment the last one is validated.
                          environment: quixstreams pins pydantic and confluent-kafka below ours)
 
 Only ``schemas`` is imported from the project here: it needs nothing but pydantic.
+``--profile FILE`` writes cProfile stats of the same window (read them with ``pstats``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import resource
 import sys
@@ -39,8 +41,9 @@ def cpu_s() -> float:
 class Window:
     """From the first records in hand to the last event validated: wall and CPU seconds."""
 
-    def __init__(self, events: int):
+    def __init__(self, events: int, profile: cProfile.Profile | None = None):
         self.events = events
+        self.profile = profile
         self.seen = 0
         self.wall = self.cpu = None
         self.done = False
@@ -48,11 +51,15 @@ class Window:
     def begin(self) -> None:
         if self.wall is None:
             self.wall, self.cpu = time.perf_counter(), cpu_s()
+            if self.profile is not None:
+                self.profile.enable()
 
     def count(self, n: int) -> None:
         self.seen += n
         if self.seen >= self.events and not self.done:
             self.done = True
+            if self.profile is not None:
+                self.profile.disable()
             self.wall, self.cpu = time.perf_counter() - self.wall, cpu_s() - self.cpu
 
     def result(self, runtime: str) -> dict:
@@ -182,13 +189,16 @@ def main() -> None:
     p.add_argument("--group", required=True)
     p.add_argument("--events", type=int, required=True)
     p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--profile", type=Path, help="write cProfile stats of the timed window here")
     args = p.parse_args()
-    window = Window(args.events)
+    window = Window(args.events, cProfile.Profile() if args.profile else None)
     run = RUNTIMES[args.runtime]
     if asyncio.iscoroutinefunction(run):
         asyncio.run(run(args, window))
     else:
         run(args, window)
+    if args.profile:
+        window.profile.dump_stats(args.profile)
     print(json.dumps(window.result(args.runtime)))
 
 
