@@ -21,7 +21,6 @@ direct Triton calls of 64 of the same sentences.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiokafka  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 
+from bench import harness  # noqa: E402
 from ragstream.config import Settings  # noqa: E402
 from ragstream.datasets import shared_data_dir  # noqa: E402
 from ragstream.stack import Tansu, free_port, worker_process  # noqa: E402
@@ -200,11 +200,10 @@ def summarise(parts: list[dict]) -> dict:
 
 
 async def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = harness.parser(__doc__, quick="300 requests: a smoke run under 60 s",
+                       data="a CoNLL file (token per line)")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--quick", action="store_true", help="300 requests: a smoke run under 60 s")
-    p.add_argument("--data", type=Path, default=None, help="a CoNLL file (token per line)")
     p.add_argument("--max-delay-ms", type=float, default=20.0,
                    help="the worker's micro-batching window")
     p.add_argument("--rounds", type=int, default=2,
@@ -253,12 +252,10 @@ async def main() -> None:
     print(f"Triton (PyTriton, CPU) ready in {startup:.1f} s; {n} requests, concurrency "
           f"{args.concurrency}; one full batch of {MAX_BATCH}: {service * 1000:.1f} ms, one "
           f"request: {single * 1000:.1f} ms (direct Triton calls)")
-    print(f"{'mode':28} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'answered':>9} {'dups':>5} "
-          f"{'calls':>6} {'batch':>6}")
-    for label, r in rows:
-        print(f"{label:28} {r['rps']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
-              f"{r['answered']:9d} {r['duplicates']:5d} {r['triton_calls']:6d} "
-              f"{r['mean_batch']:6.1f}")
+    harness.table([("mode", "28"), ("req/s", ">8.1f"), ("p50 ms", ">8.1f"), ("p99 ms", ">8.1f"),
+                   ("answered", ">9d"), ("dups", ">5d"), ("calls", ">6d"), ("batch", ">6.1f")],
+                  [(label, r["rps"], r["p50_ms"], r["p99_ms"], r["answered"], r["duplicates"],
+                    r["triton_calls"], r["mean_batch"]) for label, r in rows], sep=" ")
     ratio = project["rps"] / baseline["rps"]
     print(f"per round req/s: micro-batched {project['rounds_rps']}, batch size 1 "
           f"{baseline['rounds_rps']}")
@@ -268,27 +265,27 @@ async def main() -> None:
           f"Triton call during the run ({project['mean_call_ms']:.1f} ms, mean batch "
           f"{project['mean_batch']}): {in_run_bound_ms:.1f} ms, "
           f"{'within' if project['p99_ms'] <= in_run_bound_ms else 'OVER'}")
-    print(json.dumps({
-        "bench": "batch_inference", "metric": "requests/s end to end (request event to result)",
-        "baseline": baseline["rps"], "project": project["rps"], "ratio": round(ratio, 2),
-        "unit": "requests/s", "baseline_is": "the same worker with max_batch_size 1",
-        "requests": n, "concurrency": args.concurrency, "model": "minilm",
-        "max_batch_size": MAX_BATCH, "max_delay_ms": max_delay_ms,
-        "p50_ms": project["p50_ms"], "p99_ms": project["p99_ms"],
-        "baseline_p50_ms": baseline["p50_ms"], "baseline_p99_ms": baseline["p99_ms"],
-        "full_batch_service_ms": round(service * 1000, 1),
-        "full_batch_service_range_ms": [round(min(service_runs) * 1000, 1),
-                                        round(max(service_runs) * 1000, 1)],
-        "single_request_service_ms": round(single * 1000, 1),
-        "p99_bound_ms": round(bound_ms, 1), "p99_within_bound": project["p99_ms"] <= bound_ms,
-        "in_run_mean_call_ms": project["mean_call_ms"],
-        "in_run_p99_bound_ms": round(in_run_bound_ms, 1),
-        "p99_within_in_run_bound": project["p99_ms"] <= in_run_bound_ms,
-        "answered": [project["answered"], baseline["answered"]],
-        "duplicates": [project["duplicates"], baseline["duplicates"]],
-        "mean_batch": [project["mean_batch"], baseline["mean_batch"]],
-        "rounds": rounds, "rounds_rps": [project["rounds_rps"], baseline["rounds_rps"]],
-        "device": "cpu (2 cores, shared)", "quick": args.quick}))
+    harness.report(
+        "batch_inference", "requests/s end to end (request event to result)",
+        baseline["rps"], project["rps"], round(ratio, 2), "requests/s",
+        baseline_is="the same worker with max_batch_size 1",
+        requests=n, concurrency=args.concurrency, model="minilm",
+        max_batch_size=MAX_BATCH, max_delay_ms=max_delay_ms,
+        p50_ms=project["p50_ms"], p99_ms=project["p99_ms"],
+        baseline_p50_ms=baseline["p50_ms"], baseline_p99_ms=baseline["p99_ms"],
+        full_batch_service_ms=round(service * 1000, 1),
+        full_batch_service_range_ms=[round(min(service_runs) * 1000, 1),
+                                     round(max(service_runs) * 1000, 1)],
+        single_request_service_ms=round(single * 1000, 1),
+        p99_bound_ms=round(bound_ms, 1), p99_within_bound=project["p99_ms"] <= bound_ms,
+        in_run_mean_call_ms=project["mean_call_ms"],
+        in_run_p99_bound_ms=round(in_run_bound_ms, 1),
+        p99_within_in_run_bound=project["p99_ms"] <= in_run_bound_ms,
+        answered=[project["answered"], baseline["answered"]],
+        duplicates=[project["duplicates"], baseline["duplicates"]],
+        mean_batch=[project["mean_batch"], baseline["mean_batch"]],
+        rounds=rounds, rounds_rps=[project["rounds_rps"], baseline["rounds_rps"]],
+        device="cpu (2 cores, shared)", quick=args.quick)
 
 
 if __name__ == "__main__":

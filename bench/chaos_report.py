@@ -11,35 +11,32 @@ run's (1.0 is the target); ``ratio`` is the same. Wall times are noisy on a shar
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import harness  # noqa: E402
 from testing import chaos  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness.parser(__doc__, quick="60 documents, 200 invalid events, 10 kills, a 5 s outage",
+                        data="unused: this benchmark makes its own history")
     ap.add_argument("--docs", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--invalid", type=int, default=1000)
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--outage", type=float, default=20.0)
-    ap.add_argument("--quick", action="store_true",
-                    help="60 documents, 200 invalid events, 10 kills, a 5 s outage")
     args = ap.parse_args()
     if args.quick:
         args.docs, args.invalid, args.outage = 60, 200, 5.0
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+    with harness.workdir(prefix="chaos-") as tmp:
         report = asyncio.run(chaos.run_all(
-            args.docs, args.seed, Path(tmp), invalid=args.invalid,
+            args.docs, args.seed, tmp, invalid=args.invalid,
             plan=chaos.ChaosPlan(kills=args.kills, outage_s=args.outage),
             log=lambda m: print(m, file=sys.stderr, flush=True)))
     print(chaos.format_table(report))
@@ -49,13 +46,12 @@ def main() -> None:
     s = report.summary()
     equal = [ok for c in report.comparisons.values() for ok in c.equal.values()]
     project = sum(equal) / len(equal) if equal else 0.0
-    print(json.dumps({
-        "bench": "chaos_report", "metric": "stores_equal_to_clean_run", "baseline": 1.0,
-        "project": round(project, 3), "ratio": round(project, 3), "unit": "fraction",
-        **s, "docs": args.docs, "seed": args.seed, "invalid": args.invalid,
-        "events": {r.name: r.events for r in report.runs},
-        "seconds": {r.name: round(r.seconds) for r in report.runs},
-        "wall_s": round(time.time() - started), "quick": args.quick}))
+    harness.report(
+        "chaos_report", "stores_equal_to_clean_run", 1.0, round(project, 3), round(project, 3),
+        "fraction", **s, docs=args.docs, seed=args.seed, invalid=args.invalid,
+        events={r.name: r.events for r in report.runs},
+        seconds={r.name: round(r.seconds) for r in report.runs},
+        wall_s=round(time.time() - started), quick=args.quick)
 
 
 if __name__ == "__main__":

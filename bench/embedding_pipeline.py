@@ -16,9 +16,7 @@ Documents are SciFact abstracts cut to their first ~100 words.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import harness  # noqa: E402
 from bench.retrieval_support import load_beir, pipeline, services  # noqa: E402
 from producers.events import document_upserted  # noqa: E402
 from ragstream.publisher import Publisher  # noqa: E402
@@ -107,10 +106,9 @@ async def run(settings, embedder, docs, fresh_docs, rate) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__doc__, quick="150 documents, 8 s of freshness",
+                            data="a BEIR folder")
     parser.add_argument("--docs", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="150 documents, 8 s of freshness")
-    parser.add_argument("--data", type=Path, default=None, help="a BEIR folder")
     parser.add_argument("--rate", type=float, default=5.0, help="documents/s for freshness")
     args = parser.parse_args()
     n = 150 if args.quick else args.docs
@@ -127,25 +125,24 @@ def main() -> None:
     cached = r["chunks"] / r["cached_s"]
     lat = np.array(r["latencies"]) * 1000
     p50, p99 = (float(np.percentile(lat, q)) for q in (50, 99))
-    print(f"{'measure':44} {'value':>12}")
-    print(f"{'chunks (documents of ~100 words)':44} {r['chunks']:>12}")
-    print(f"{'raw model.encode, chunks/s (baseline)':44} {raw:>12.1f}")
-    print(f"{'pipeline first pass, chunks/s':44} {piped:>12.1f}")
-    print(f"{'pipeline / raw':44} {piped / raw:>12.2f}")
-    print(f"{'pipeline cached pass, chunks/s':44} {cached:>12.1f}")
-    print(f"{'cache speed-up (first / cached time)':44} {r['first_s'] / r['cached_s']:>12.1f}")
-    print(f"{f'freshness at {args.rate:g} docs/s, p50 ms':44} {p50:>12.0f}")
-    print(f"{f'freshness at {args.rate:g} docs/s, p99 ms':44} {p99:>12.0f}")
-    print(json.dumps({
-        "bench": "embedding_pipeline", "metric": "chunks_per_s_pipeline_vs_raw_encode",
-        "baseline": round(raw, 2), "project": round(piped, 2), "ratio": round(piped / raw, 3),
-        "unit": "chunks/s", "chunks": r["chunks"], "baseline_batch_size": RAW_BATCH,
-        "embed_rows": settings.embed_batch_size,
-        "cache_speedup": round(r["first_s"] / r["cached_s"], 1),
-        "cached_chunks_per_s": round(cached, 1),
-        "freshness_docs": len(lat), "freshness_rate_docs_per_s": args.rate,
-        "freshness_p50_ms": round(p50), "freshness_p99_ms": round(p99),
-        "data": str(folder), "quick": args.quick}))
+    harness.table([("measure", "44"), ("value", ">12")], [
+        ("chunks (documents of ~100 words)", r["chunks"]),
+        ("raw model.encode, chunks/s (baseline)", f"{raw:.1f}"),
+        ("pipeline first pass, chunks/s", f"{piped:.1f}"),
+        ("pipeline / raw", f"{piped / raw:.2f}"),
+        ("pipeline cached pass, chunks/s", f"{cached:.1f}"),
+        ("cache speed-up (first / cached time)", f"{r['first_s'] / r['cached_s']:.1f}"),
+        (f"freshness at {args.rate:g} docs/s, p50 ms", f"{p50:.0f}"),
+        (f"freshness at {args.rate:g} docs/s, p99 ms", f"{p99:.0f}")], sep=" ")
+    harness.report(
+        "embedding_pipeline", "chunks_per_s_pipeline_vs_raw_encode", round(raw, 2),
+        round(piped, 2), round(piped / raw, 3), "chunks/s", chunks=r["chunks"],
+        baseline_batch_size=RAW_BATCH, embed_rows=settings.embed_batch_size,
+        cache_speedup=round(r["first_s"] / r["cached_s"], 1),
+        cached_chunks_per_s=round(cached, 1),
+        freshness_docs=len(lat), freshness_rate_docs_per_s=args.rate,
+        freshness_p50_ms=round(p50), freshness_p99_ms=round(p99),
+        data=str(folder), quick=args.quick)
 
 
 if __name__ == "__main__":

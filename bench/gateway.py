@@ -10,12 +10,10 @@ on loopback, which authenticates, rate-limits (in Redis), validates and publishe
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +21,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import harness  # noqa: E402
 from producers.events import document_upserted  # noqa: E402
 from ragstream.gateway.auth import new_key  # noqa: E402
 from ragstream.publisher import Publisher  # noqa: E402
 from ragstream.config import Settings  # noqa: E402
-from ragstream.stack import FalkorDB, ManagedProcess, Tansu, free_port  # noqa: E402
+from ragstream.stack import ManagedProcess, free_port  # noqa: E402
 from ragstream.transport import ensure_topics  # noqa: E402
 from schemas.catalogue import all_topic_names  # noqa: E402
 
@@ -82,20 +81,13 @@ async def through_gateway(url: str, key: str, seconds: float,
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, quick="10 s each")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="10 s each")
-    parser.add_argument("--data", help="unused: this benchmark makes its own events")
     args = parser.parse_args()
     seconds = 10 if args.quick else args.seconds
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        broker, store = Tansu(tmp), FalkorDB(tmp)
-        broker.start()
-        store.start()
+    with harness.workdir() as tmp, harness.tansu(tmp) as broker, harness.falkordb(tmp) as store:
         key, entry = new_key("bench", ["publish"], rate_per_s=1e6, burst=1_000_000)
         keys_file = tmp / "keys.json"
         keys_file.write_text(json.dumps([entry.model_dump()]))
@@ -117,24 +109,20 @@ async def main() -> None:
                 f"http://127.0.0.1:{port}", key, seconds, args.concurrency)
         finally:
             gateway.stop()
-            store.stop()
-            broker.stop()
 
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
     ratio = project / baseline
-    print(f"{'path':<46}{'events/s':>12}")
-    print(f"{'raw Publisher, batches of 100':<46}{baseline:>12,.0f}  (baseline)")
-    print(f"{'POST /v1/events, batches of 100, c=' + str(args.concurrency):<46}{project:>12,.0f}"
-          f"  (project)")
+    harness.table([("path", "<46"), ("events/s", ">12,.0f")], [
+        ("raw Publisher, batches of 100", baseline, "(baseline)"),
+        (f"POST /v1/events, batches of 100, c={args.concurrency}", project, "(project)")])
     print(f"ratio {ratio:.2f} (target >= 0.5); request p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
           f"{len(latencies)} requests, {errors} errors, {seconds:.0f} s each")
-    print(json.dumps({"bench": "gateway", "metric": "events_per_s", "baseline": round(baseline),
-                      "project": round(project), "ratio": round(ratio, 3), "unit": "events/s",
-                      "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
-                      "requests": len(latencies), "errors": errors, "batch": BATCH,
-                      "concurrency": args.concurrency, "seconds": seconds}))
+    harness.report("gateway", "events_per_s", round(baseline), round(project), round(ratio, 3),
+                   "events/s", p50_ms=round(p50, 1), p99_ms=round(p99, 1),
+                   requests=len(latencies), errors=errors, batch=BATCH,
+                   concurrency=args.concurrency, seconds=seconds)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ Published reference: GAE 0.910 test AUC (Kipf & Welling 2016, Variational Graph 
 
 from __future__ import annotations
 
-import argparse
-import json
 import pickle
 import sys
 import time
@@ -23,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import harness  # noqa: E402
 from ragstream.datasets import shared_data_dir  # noqa: E402
 from ragstream.gcn.config import GcnSettings  # noqa: E402
 from ragstream.gcn.graph import EntityGraph  # noqa: E402
@@ -76,30 +75,27 @@ def run(prefix: Path, cfg: GcnSettings, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, help="a Planetoid prefix (default: shared ind.cora)")
-    parser.add_argument("--quick", action="store_true", help="fewer epochs (smoke check)")
+    parser = harness.parser(__doc__, quick="fewer epochs (smoke check)",
+                            data="a Planetoid prefix (default: shared ind.cora)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     prefix = args.data or shared_data_dir() / "planetoid_citation" / "ind.cora"
     cfg = GcnSettings(epochs=50 if args.quick else GcnSettings().epochs)
     r = run(prefix, cfg, args.seed)
-    print(f"{'method':<40}{'test ROC AUC':>14}")
-    print(f"{'baseline: cosine of raw features':<40}{r['baseline']:>14.4f}")
-    print(f"{'project: ragstream GCN (GAE objective)':<40}{r['project']:>14.4f}")
-    print(f"{'published GAE (Kipf & Welling 2016)':<40}{PUBLISHED_GAE_AUC:>14.4f}")
+    harness.table([("method", "<40"), ("test ROC AUC", ">14.4f")], [
+        ("baseline: cosine of raw features", r["baseline"]),
+        ("project: ragstream GCN (GAE objective)", r["project"]),
+        ("published GAE (Kipf & Welling 2016)", PUBLISHED_GAE_AUC)])
     print(f"{r['nodes']} nodes, {r['edges']} edges, {r['test_edges']} test edges, "
           f"{cfg.epochs} epochs in {r['train_seconds']:.1f}s")
-    print(json.dumps({
-        "bench": "gcn_cora", "metric": "link prediction ROC AUC (test edges)",
-        "baseline": round(r["baseline"], 4), "project": round(r["project"], 4),
-        "ratio": round(r["project"] / r["baseline"], 4), "unit": "AUC",
-        "target": 0.90, "published_gae_auc": PUBLISHED_GAE_AUC,
-        "published_source": "Kipf & Welling 2016, Variational Graph Auto-Encoders, Table 1",
-        "validation_auc": round(r["validation_auc"], 4), "nodes": r["nodes"],
-        "edges": r["edges"], "test_edges": r["test_edges"], "epochs": cfg.epochs,
-        "hidden_dim": cfg.hidden_dim, "dimension": cfg.dimension, "seed": args.seed,
-        "data": str(prefix), "quick": args.quick}))
+    harness.report(
+        "gcn_cora", "link prediction ROC AUC (test edges)", round(r["baseline"], 4),
+        round(r["project"], 4), round(r["project"] / r["baseline"], 4), "AUC",
+        target=0.90, published_gae_auc=PUBLISHED_GAE_AUC,
+        published_source="Kipf & Welling 2016, Variational Graph Auto-Encoders, Table 1",
+        validation_auc=round(r["validation_auc"], 4), nodes=r["nodes"], edges=r["edges"],
+        test_edges=r["test_edges"], epochs=cfg.epochs, hidden_dim=cfg.hidden_dim,
+        dimension=cfg.dimension, seed=args.seed, data=str(prefix), quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,8 @@ difference between the two versions' embeddings over every node (read back from 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,18 +23,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import harness  # noqa: E402
 from testing import synthetic_graph as synthetic  # noqa: E402
 from ragstream.gcn.config import GcnSettings  # noqa: E402
 from ragstream.gcn.refresh import Refresher  # noqa: E402
 from ragstream.gcn.store import EmbeddingStore  # noqa: E402
 from ragstream.graph.backends import FalkorBackend  # noqa: E402
-from ragstream.stack import FalkorDB  # noqa: E402
 
 
 async def run(nodes: int, edges: int, dimension: int, dirty_count: int, workdir: Path) -> dict:
-    server = FalkorDB(workdir)
-    server.start()
-    try:
+    with harness.falkordb(workdir) as server:
         backend = FalkorBackend(server.url, "bench", timeout_s=600)
         await backend.ensure_schema()
         started = time.perf_counter()
@@ -71,13 +66,11 @@ async def run(nodes: int, edges: int, dimension: int, dirty_count: int, workdir:
                 "written_incremental": incremental.written, "written_full": full.written,
                 "touched": incremental.touched, "max_abs_diff": diff, "load_s": load_s,
                 "setup_s": setup_s}
-    finally:
-        server.stop()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10k nodes, 100k edges, 10 dirty")
+    parser = harness.parser(__doc__, quick="10k nodes, 100k edges, 10 dirty",
+                            data="unused: this benchmark makes its own graph")
     parser.add_argument("--nodes", type=int)
     parser.add_argument("--edges", type=int)
     parser.add_argument("--dirty", type=int, help="default: 0.1%% of the nodes (100 of 100k)")
@@ -86,25 +79,24 @@ def main() -> None:
     edges = args.edges or (100_000 if args.quick else 1_000_000)
     dimension = 64
     args.dirty = args.dirty or max(nodes // 1_000, 1)
-    with tempfile.TemporaryDirectory(prefix="gcn-refresh-bench-") as tmp:
-        r = asyncio.run(run(nodes, edges, dimension, args.dirty, Path(tmp)))
+    with harness.workdir(prefix="gcn-refresh-bench-") as tmp:
+        r = asyncio.run(run(nodes, edges, dimension, args.dirty, tmp))
     ratio = r["full_s"] / r["incremental_s"]
     print(f"graph: {nodes} nodes, {edges} edges, {dimension}-dim features; {args.dirty} dirty; "
           f"loaded in {r['load_s']:.1f}s, first version in {r['setup_s']:.1f}s")
-    print(f"{'refresh (read, compute, write back)':<44}{'seconds':>10}{'nodes written':>15}")
-    print(f"{'baseline: full inference':<44}{r['full_s']:>10.2f}{r['written_full']:>15}")
-    print(f"{'project: incremental (2-hop, exact)':<44}{r['incremental_s']:>10.2f}"
-          f"{r['written_incremental']:>15}")
+    harness.table([("refresh (read, compute, write back)", "<44"), ("seconds", ">10.2f"),
+                   ("nodes written", ">15")], [
+        ("baseline: full inference", r["full_s"], r["written_full"]),
+        ("project: incremental (2-hop, exact)", r["incremental_s"], r["written_incremental"])])
     print(f"speed-up {ratio:.1f}x; max |incremental - full| over all nodes = "
           f"{r['max_abs_diff']:.2e}")
-    print(json.dumps({
-        "bench": "gcn_refresh", "metric": "refresh seconds, end to end",
-        "baseline": round(r["full_s"], 3), "project": round(r["incremental_s"], 3),
-        "ratio": round(ratio, 2), "unit": "s", "ratio_direction": "baseline/project",
-        "max_abs_diff": r["max_abs_diff"], "target_ratio": 10, "target_max_abs_diff": 1e-5,
-        "nodes": nodes, "edges": edges, "dimension": dimension, "dirty": args.dirty,
-        "touched": r["touched"], "written_incremental": r["written_incremental"],
-        "written_full": r["written_full"], "quick": args.quick}))
+    harness.report(
+        "gcn_refresh", "refresh seconds, end to end", round(r["full_s"], 3),
+        round(r["incremental_s"], 3), round(ratio, 2), "s", ratio_direction="baseline/project",
+        max_abs_diff=r["max_abs_diff"], target_ratio=10, target_max_abs_diff=1e-5,
+        nodes=nodes, edges=edges, dimension=dimension, dirty=args.dirty,
+        touched=r["touched"], written_incremental=r["written_incremental"],
+        written_full=r["written_full"], quick=args.quick)
 
 
 if __name__ == "__main__":

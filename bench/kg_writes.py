@@ -14,24 +14,21 @@ Reports entities/s for each and the ratio project/baseline: the median of ``--re
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import harness  # noqa: E402
 from producers import reuters  # noqa: E402
 from ragstream.graph.backends import FalkorBackend  # noqa: E402
 from ragstream.graph.model import DocumentChange, cooccurring  # noqa: E402
 from ragstream.graph.store import GraphStore  # noqa: E402
 from ragstream.nlp.recognise import Recogniser  # noqa: E402
 from ragstream.nlp.resolve import Resolver  # noqa: E402
-from ragstream.stack import FalkorDB  # noqa: E402
 
 PER_ENTITY = """
 MERGE (d:Document {id: $doc})
@@ -68,35 +65,29 @@ async def run(n: int, batch: int, data: Path | None, repeat: int) -> dict:
     docs = [(a.doc_id, ents) for a, ents in zip(articles, linked, strict=True)]
     entities = sum(len(ents) for _, ents in docs)
     times: dict[str, list[float]] = {"project": [], "full": [], "baseline": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        server = FalkorDB(Path(tmp))
-        server.start()
-        try:
-            # Each round writes into fresh graphs, the three paths in a rotating order, so a
-            # neighbour's burst of load on this shared machine does not always land on the same
-            # path; each path's figure is its median over the rounds.
-            for round_ in range(repeat):
-                paths = ["project", "full", "baseline"]
-                paths = paths[round_ % 3:] + paths[:round_ % 3]
-                for path in paths:
-                    backend = FalkorBackend(server.url, f"bench_{path}_{round_}")
-                    await backend.ensure_schema()
-                    if path == "baseline":
-                        times[path].append(await per_entity(backend, docs))
-                    else:
-                        times[path].append(await batched(GraphStore(backend), docs, batch,
-                                                         edges=path == "full"))
-                    await backend.close()
-        finally:
-            server.stop()
+    with harness.falkordb() as server:
+        # Each round writes into fresh graphs, the three paths in a rotating order, so a
+        # neighbour's burst of load on this shared machine does not always land on the same
+        # path; each path's figure is its median over the rounds.
+        for round_ in range(repeat):
+            paths = ["project", "full", "baseline"]
+            paths = paths[round_ % 3:] + paths[:round_ % 3]
+            for path in paths:
+                backend = FalkorBackend(server.url, f"bench_{path}_{round_}")
+                await backend.ensure_schema()
+                if path == "baseline":
+                    times[path].append(await per_entity(backend, docs))
+                else:
+                    times[path].append(await batched(GraphStore(backend), docs, batch,
+                                                     edges=path == "full"))
+                await backend.close()
     return {"docs": len(docs), "entities": entities, "nlp_s": nlp_s, "rounds": times,
             **{f"{path}_s": statistics.median(t) for path, t in times.items()}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="300 documents instead of 2,000")
-    parser.add_argument("--data", type=Path, help="a Reuters-21578 folder or .sgm file")
+    parser = harness.parser(__doc__, quick="300 documents instead of 2,000",
+                            data="a Reuters-21578 folder or .sgm file")
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=500, help="documents per consumed batch")
     parser.add_argument("--repeat", type=int, default=3,
@@ -105,23 +96,23 @@ def main() -> None:
     r = asyncio.run(run(300 if args.quick else args.docs, args.batch, args.data, args.repeat))
     project = r["entities"] / r["project_s"]
     baseline = r["entities"] / r["baseline_s"]
-    print(f"{'path':<28}{'seconds':>10}{'entities/s':>14}")
-    print(f"{'one query per entity':<28}{r['baseline_s']:>10.2f}{baseline:>14.0f}")
     full = r["entities"] / r["full_s"]
-    print(f"{'batched UNWIND (project)':<28}{r['project_s']:>10.2f}{project:>14.0f}")
-    print(f"{'batched + co-occurrence':<28}{r['full_s']:>10.2f}{full:>14.0f}")
+    harness.table([("path", "<28"), ("seconds", ">10.2f"), ("entities/s", ">14.0f")], [
+        ("one query per entity", r["baseline_s"], baseline),
+        ("batched UNWIND (project)", r["project_s"], project),
+        ("batched + co-occurrence", r["full_s"], full)])
     print(f"{r['docs']} documents, {r['entities']} document-entity links "
           f"(recognition took {r['nlp_s']:.1f}s, not timed above)")
-    print(json.dumps({
-        "bench": "kg_writes", "metric": "entities_per_s", "baseline": round(baseline, 1),
-        "project": round(project, 1), "ratio": round(project / baseline, 2), "unit": "entities/s",
-        "docs": r["docs"], "entities": r["entities"], "batch_docs": args.batch,
-        "baseline_desc": "one parameterised MERGE query per entity+mention",
-        "project_full_path": round(full, 1), "ratio_full_path": round(full / baseline, 2),
-        "full_path_includes": "version guard, spans, aliases and co-occurrence weights",
-        "rounds": args.repeat,
-        "ratio_per_round": [round(b / p, 2) for p, b in zip(r["rounds"]["project"],
-                                                             r["rounds"]["baseline"])]}))
+    harness.report(
+        "kg_writes", "entities_per_s", round(baseline, 1), round(project, 1),
+        round(project / baseline, 2), "entities/s",
+        docs=r["docs"], entities=r["entities"], batch_docs=args.batch,
+        baseline_desc="one parameterised MERGE query per entity+mention",
+        project_full_path=round(full, 1), ratio_full_path=round(full / baseline, 2),
+        full_path_includes="version guard, spans, aliases and co-occurrence weights",
+        rounds=args.repeat,
+        ratio_per_round=[round(b / p, 2) for p, b in zip(r["rounds"]["project"],
+                                                         r["rounds"]["baseline"])])
 
 
 if __name__ == "__main__":

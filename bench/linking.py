@@ -15,16 +15,15 @@ are not one entity. The earlier scoring, which made them one cluster, is reporte
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import harness  # noqa: E402
 from ragstream.datasets import shared_data_dir  # noqa: E402
 from ragstream.embedders import MiniLMEmbedder  # noqa: E402
 from ragstream.graph.backends import FalkorBackend  # noqa: E402
@@ -35,7 +34,6 @@ from ragstream.nlp.gazetteer import Gazetteer  # noqa: E402
 from ragstream.nlp.recognise import Recogniser  # noqa: E402
 from ragstream.nlp.refresh import refresh_gazetteer  # noqa: E402
 from ragstream.nlp.resolve import Resolver  # noqa: E402
-from ragstream.stack import FalkorDB  # noqa: E402
 
 SETS = ("kore50", "reuters-128", "spotlight")
 
@@ -111,63 +109,56 @@ async def run(paths: list[Path], quick: bool) -> list[dict]:
     embedder = MiniLMEmbedder()
     baseline_recogniser = Recogniser(gazetteer=False)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        server = FalkorDB(Path(tmp))
-        server.start()
-        try:
-            for path in paths:
-                docs = load(path)[: 20 if quick else None]
-                name = path.name.split(".")[0]
-                project, ids = await link_through_graph(docs, Recogniser(), embedder, kg,
-                                                        server.url, name)
-                gold = gold_clusters(docs, ids)
-                base = exact_string_clusters(docs, ids, baseline_recogniser)
-                bp, br, bf = bcubed(base, gold)
-                pp, pr, pf = bcubed(project, gold)
-                old_gold = gold_clusters(docs, ids, nil_as_entity=True)
-                nil_scoring = (bcubed(base, old_gold)[2], bcubed(project, old_gold)[2])
-                results.append({"set": name, "docs": len(docs), "gold": len(gold),
-                                "baseline_common": len(base.keys() & gold.keys()),
-                                "project_common": len(project.keys() & gold.keys()),
-                                "baseline": (bp, br, bf), "project": (pp, pr, pf),
-                                "nil_scoring": nil_scoring})
-        finally:
-            server.stop()
+    with harness.falkordb() as server:
+        for path in paths:
+            docs = load(path)[: 20 if quick else None]
+            name = path.name.split(".")[0]
+            project, ids = await link_through_graph(docs, Recogniser(), embedder, kg,
+                                                    server.url, name)
+            gold = gold_clusters(docs, ids)
+            base = exact_string_clusters(docs, ids, baseline_recogniser)
+            bp, br, bf = bcubed(base, gold)
+            pp, pr, pf = bcubed(project, gold)
+            old_gold = gold_clusters(docs, ids, nil_as_entity=True)
+            nil_scoring = (bcubed(base, old_gold)[2], bcubed(project, old_gold)[2])
+            results.append({"set": name, "docs": len(docs), "gold": len(gold),
+                            "baseline_common": len(base.keys() & gold.keys()),
+                            "project_common": len(project.keys() & gold.keys()),
+                            "baseline": (bp, br, bf), "project": (pp, pr, pf),
+                            "nil_scoring": nil_scoring})
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, action="append",
-                        help="an ELEVANT .benchmark.jsonl (repeatable; default: the three sets)")
-    parser.add_argument("--quick", action="store_true", help="the first 20 documents of each")
+    parser = harness.parser(
+        __doc__, quick="the first 20 documents of each", action="append",
+        data="an ELEVANT .benchmark.jsonl (repeatable; default: the three sets)")
     args = parser.parse_args()
     root = shared_data_dir() / "elevant_el_benchmarks"
     paths = args.data or [root / f"{s}.benchmark.jsonl" for s in SETS]
     results = asyncio.run(run(paths, args.quick))
-    print(f"{'set':<14}{'mentions':>9}{'base P':>8}{'base R':>8}{'base F1':>9}"
-          f"{'proj P':>8}{'proj R':>8}{'proj F1':>9}")
-    for r in results:
-        print(f"{r['set']:<14}{r['project_common']:>9}" + "".join(
-            f"{x:>8.3f}" for x in r["baseline"][:2]) + f"{r['baseline'][2]:>9.3f}" + "".join(
-            f"{x:>8.3f}" for x in r["project"][:2]) + f"{r['project'][2]:>9.3f}")
+    harness.table([("set", "<14"), ("mentions", ">9"), ("base P", ">8.3f"), ("base R", ">8.3f"),
+                   ("base F1", ">9.3f"), ("proj P", ">8.3f"), ("proj R", ">8.3f"),
+                   ("proj F1", ">9.3f")],
+                  [(r["set"], r["project_common"], *r["baseline"], *r["project"])
+                   for r in results])
     base = sum(r["baseline"][2] for r in results) / len(results)
     proj = sum(r["project"][2] for r in results) / len(results)
     print(f"macro B-cubed F1: baseline {base:.3f}, project {proj:.3f} ({100 * (proj - base):+.1f} points)")
-    print(json.dumps({
-        "bench": "linking", "metric": "bcubed_f1_macro", "baseline": round(base, 4),
-        "project": round(proj, 4), "ratio": round(proj / base, 3) if base else None,
-        "unit": "B-cubed F1", "points": round(100 * (proj - base), 1),
-        "per_set": {r["set"]: {"baseline": round(r["baseline"][2], 4),
-                               "project": round(r["project"][2], 4),
-                               "mentions_scored": r["project_common"]} for r in results},
-        "baseline_desc": "exact surface string = same node",
+    harness.report(
+        "linking", "bcubed_f1_macro", round(base, 4), round(proj, 4),
+        round(proj / base, 3) if base else None, "B-cubed F1",
+        points=round(100 * (proj - base), 1),
+        per_set={r["set"]: {"baseline": round(r["baseline"][2], 4),
+                            "project": round(r["project"][2], 4),
+                            "mentions_scored": r["project_common"]} for r in results},
+        baseline_desc="exact surface string = same node",
         # the most any linker could gain over this baseline: a perfect score on every set
-        "ceiling_points": round(100 * (1 - base), 1),
-        "per_set_nil_as_one_entity": {r["set"]: {"baseline": round(r["nil_scoring"][0], 4),
-                                                 "project": round(r["nil_scoring"][1], 4)}
-                                      for r in results},
-        "scoring": "gold mentions labelled <NIL>/<NO_MAPPING> are left out"}))
+        ceiling_points=round(100 * (1 - base), 1),
+        per_set_nil_as_one_entity={r["set"]: {"baseline": round(r["nil_scoring"][0], 4),
+                                              "project": round(r["nil_scoring"][1], 4)}
+                                   for r in results},
+        scoring="gold mentions labelled <NIL>/<NO_MAPPING> are left out")
 
 
 if __name__ == "__main__":

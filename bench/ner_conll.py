@@ -12,14 +12,13 @@ ORDINAL, CARDINAL->(not an entity). Scoring is exact span and class match, as co
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import harness  # noqa: E402
 from ragstream.datasets import shared_data_dir  # noqa: E402
 from ragstream.nlp.recognise import Recogniser  # noqa: E402
 
@@ -83,10 +82,9 @@ def score(recogniser: Recogniser, sentences) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, help="a CoNLL-format file (default: CoNLL-2003 test)")
+    parser = harness.parser(__doc__, quick="the first 800 sentences",
+                            data="a CoNLL-format file (default: CoNLL-2003 test)")
     parser.add_argument("--train", type=Path, help="CoNLL file for the gazetteer (default: train)")
-    parser.add_argument("--quick", action="store_true", help="the first 800 sentences")
     args = parser.parse_args()
     conll = shared_data_dir() / "conll2003"
     sentences = read_conll(args.data or conll / "test.txt")
@@ -97,20 +95,20 @@ def main() -> None:
     patterns = train_patterns(args.train or conll / "train.txt")
     project_recogniser.use_gazetteer(patterns)
     project = score(project_recogniser, sentences)
-    print(f"{'':<10}{'precision':>10}{'recall':>10}{'F1':>10}")
-    for name, s in (("baseline", baseline), ("project", project)):
-        print(f"{name:<10}{s['precision']:>10.4f}{s['recall']:>10.4f}{s['f1']:>10.4f}")
+    harness.table([("", "<10"), ("precision", ">10.4f"), ("recall", ">10.4f"), ("F1", ">10.4f")],
+                  [(name, s["precision"], s["recall"], s["f1"])
+                   for name, s in (("baseline", baseline), ("project", project))])
     print(f"{len(sentences)} sentences, {baseline['gold']} gold entities, "
           f"{len(patterns)} gazetteer patterns from train")
-    print(json.dumps({
-        "bench": "ner_conll", "metric": "entity_f1", "baseline": round(baseline["f1"], 4),
-        "project": round(project["f1"], 4), "ratio": round(project["f1"] / baseline["f1"], 3),
-        "unit": "F1", "baseline_precision": round(baseline["precision"], 4),
-        "baseline_recall": round(baseline["recall"], 4),
-        "project_precision": round(project["precision"], 4),
-        "project_recall": round(project["recall"], 4), "sentences": len(sentences),
-        "gold_entities": baseline["gold"], "gazetteer_patterns": len(patterns),
-        "baseline_desc": "en_core_web_sm 3.8.0 NER, OntoNotes->CoNLL label map"}))
+    harness.report(
+        "ner_conll", "entity_f1", round(baseline["f1"], 4), round(project["f1"], 4),
+        round(project["f1"] / baseline["f1"], 3), "F1",
+        baseline_precision=round(baseline["precision"], 4),
+        baseline_recall=round(baseline["recall"], 4),
+        project_precision=round(project["precision"], 4),
+        project_recall=round(project["recall"], 4), sentences=len(sentences),
+        gold_entities=baseline["gold"], gazetteer_patterns=len(patterns),
+        baseline_desc="en_core_web_sm 3.8.0 NER, OntoNotes->CoNLL label map")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,9 @@ consumer does). For reference: the same loop without commits (``raw_no_commit_ep
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,12 +22,12 @@ import aiokafka
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import harness  # noqa: E402
 from producers.events import document_upserted  # noqa: E402
 from ragstream.publisher import encode  # noqa: E402
 from ragstream.config import Settings  # noqa: E402
 from ragstream.runner import make_runtime  # noqa: E402
 from ragstream.runtime import Batch  # noqa: E402
-from ragstream.stack import Tansu  # noqa: E402
 from ragstream.transport.kafka import KafkaProducer, connection_options, ensure_topics  # noqa: E402
 from workers.noop import NoopWorker  # noqa: E402
 
@@ -103,48 +101,35 @@ async def runtime_loop(settings: Settings, n: int, group: str) -> tuple[float, d
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, quick="20k events")
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--quick", action="store_true", help="20k events")
-    parser.add_argument("--data", help="unused: this benchmark makes its own events")
     args = parser.parse_args()
     n = 20_000 if args.quick else args.events
 
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = Tansu(Path(tmp))
-        broker.start()
-        try:
-            settings = Settings(kafka_bootstrap=broker.bootstrap, kafka_idempotence=False,
-                                batch_max_records=BATCH, batch_timeout_ms=200,
-                                group_prefix="bench", log_level="WARNING")
-            await ensure_topics(settings, [TOPIC, TOPIC + ".dlq"], 6)
-            t0 = time.perf_counter()
-            await produce(settings, n)
-            produce_s = time.perf_counter() - t0
-            raw_nc = await raw_loop(settings, n, "bench.raw-nocommit", commit=False)
-            raw = await raw_loop(settings, n, "bench.raw", commit=True)
-            raw_json = await raw_loop(settings, n, "bench.raw-json", commit=True, parse=True)
-            project, extra = await runtime_loop(settings, n, "bench.runtime")
-        finally:
-            broker.stop()
+    with harness.tansu() as broker:
+        settings = harness.kafka_settings(broker, batch_max_records=BATCH, batch_timeout_ms=200)
+        await ensure_topics(settings, [TOPIC, TOPIC + ".dlq"], 6)
+        t0 = time.perf_counter()
+        await produce(settings, n)
+        produce_s = time.perf_counter() - t0
+        raw_nc = await raw_loop(settings, n, "bench.raw-nocommit", commit=False)
+        raw = await raw_loop(settings, n, "bench.raw", commit=True)
+        raw_json = await raw_loop(settings, n, "bench.raw-json", commit=True, parse=True)
+        project, extra = await runtime_loop(settings, n, "bench.runtime")
 
     ratio = project / raw
-    print(f"{'loop':<44}{'events/s':>12}")
-    print(f"{'raw aiokafka getmany, no commit':<44}{raw_nc:>12,.0f}")
-    print(f"{'raw aiokafka getmany + commit per batch':<44}{raw:>12,.0f}  (baseline)")
-    print(f"{'raw getmany + json.loads + commit':<44}{raw_json:>12,.0f}")
-    print(f"{'ragstream runtime, noop worker':<44}{project:>12,.0f}  (project)")
+    harness.table([("loop", "<44"), ("events/s", ">12,.0f")], [
+        ("raw aiokafka getmany, no commit", raw_nc),
+        ("raw aiokafka getmany + commit per batch", raw, "(baseline)"),
+        ("raw getmany + json.loads + commit", raw_json),
+        ("ragstream runtime, noop worker", project, "(project)")])
     print(f"ratio project/baseline = {ratio:.2f} (target >= 0.7); "
           f"{n:,} events pre-produced in {produce_s:.1f}s; batch {BATCH}")
-    print(json.dumps({"bench": "runtime_overhead", "metric": "events_per_s",
-                      "baseline": round(raw), "project": round(project), "ratio": round(ratio, 3),
-                      "unit": "events/s", "events": n, "batch": BATCH,
-                      "raw_no_commit_eps": round(raw_nc),
-                      "ratio_vs_no_commit": round(project / raw_nc, 3),
-                      "raw_json_eps": round(raw_json),
-                      "ratio_vs_raw_json": round(project / raw_json, 3),
-                      "processed": extra["processed"]}))
+    harness.report("runtime_overhead", "events_per_s", round(raw), round(project),
+                   round(ratio, 3), "events/s", events=n, batch=BATCH,
+                   raw_no_commit_eps=round(raw_nc), ratio_vs_no_commit=round(project / raw_nc, 3),
+                   raw_json_eps=round(raw_json), ratio_vs_raw_json=round(project / raw_json, 3),
+                   processed=extra["processed"])
 
 
 if __name__ == "__main__":

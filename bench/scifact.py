@@ -11,9 +11,7 @@ the best single method measured in this run as ``baseline``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import math
 import random
 import sys
@@ -22,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import harness  # noqa: E402
 from bench.retrieval_support import Beir, load_beir, pipeline, services  # noqa: E402
 from producers.events import document_upserted  # noqa: E402
 from ragstream.publisher import Publisher  # noqa: E402
@@ -84,10 +83,9 @@ def evaluate(searcher: Searcher, beir: Beir) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="60 queries over a 400-document subset (scores are not comparable)")
-    parser.add_argument("--data", type=Path, default=None, help="a BEIR folder")
+    parser = harness.parser(
+        __doc__, quick="60 queries over a 400-document subset (scores are not comparable)",
+        data="a BEIR folder")
     args = parser.parse_args()
     folder = args.data or shared_data_dir() / "scifact_beir"
     beir = load_beir(folder)
@@ -104,18 +102,16 @@ def main() -> None:
 
     print(f"SciFact: {len(beir.corpus)} documents ingested through the pipeline in "
           f"{ingest_s:.0f} s; {len(beir.queries)} test queries")
-    print(f"{'method':10} {'nDCG@10':>8} {'Recall@100':>11}")
-    for name, s in scores.items():
-        print(f"{name:10} {s['ndcg10']:>8.3f} {s['recall100']:>11.3f}")
+    harness.table([("method", "10"), ("nDCG@10", ">8.3f"), ("Recall@100", ">11.3f")],
+                  [(name, s["ndcg10"], s["recall100"]) for name, s in scores.items()], sep=" ")
     best = max(("bm25", "dense"), key=lambda m: scores[m]["ndcg10"])
     hybrid = scores["hybrid"]["ndcg10"]
-    print(json.dumps({
-        "bench": "scifact", "metric": "ndcg@10", "baseline": round(scores[best]["ndcg10"], 4),
-        "project": round(hybrid, 4), "ratio": round(hybrid / scores[best]["ndcg10"], 3),
-        "unit": "nDCG@10", "baseline_method": best,
+    harness.report(
+        "scifact", "ndcg@10", round(scores[best]["ndcg10"], 4), round(hybrid, 4),
+        round(hybrid / scores[best]["ndcg10"], 3), "nDCG@10", baseline_method=best,
         **{f"{m}_{k}": round(v, 4) for m, s in scores.items() for k, v in s.items()},
-        **PUBLISHED, "target_hybrid_ndcg10": 0.69, "documents": len(beir.corpus),
-        "queries": len(beir.queries), "ingest_s": round(ingest_s, 1), "quick": args.quick}))
+        **PUBLISHED, target_hybrid_ndcg10=0.69, documents=len(beir.corpus),
+        queries=len(beir.queries), ingest_s=round(ingest_s, 1), quick=args.quick)
 
 
 if __name__ == "__main__":

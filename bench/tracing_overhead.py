@@ -12,21 +12,17 @@ reported.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult  # noqa: E402
 
+from bench import harness  # noqa: E402
 from bench.runtime_overhead import BATCH, TOPIC, produce, runtime_loop  # noqa: E402
 from ragstream import tracing  # noqa: E402
-from ragstream.config import Settings  # noqa: E402
-from ragstream.stack import Tansu  # noqa: E402
 from ragstream.transport.kafka import ensure_topics  # noqa: E402
 
 
@@ -43,23 +39,17 @@ class Discard(SpanExporter):
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, quick="10k events, 2 rounds")
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="10k events, 2 rounds")
-    parser.add_argument("--data", help="unused: this benchmark makes its own events")
     args = parser.parse_args()
     n, rounds = (10_000, 2) if args.quick else (args.events, args.rounds)
 
     off, on, exported = [], [], 0
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = Tansu(Path(tmp))
-        broker.start()
+    with harness.tansu() as broker:
         try:
-            settings = Settings(kafka_bootstrap=broker.bootstrap, kafka_idempotence=False,
-                                batch_max_records=BATCH, batch_timeout_ms=200,
-                                group_prefix="bench", log_level="WARNING")
+            settings = harness.kafka_settings(broker, batch_max_records=BATCH,
+                                              batch_timeout_ms=200)
             await ensure_topics(settings, [TOPIC, TOPIC + ".dlq"], 6)
             await produce(settings, n, traced=True)
             for r in range(rounds):
@@ -72,19 +62,17 @@ async def main() -> None:
                 exported += exporter.spans
         finally:
             tracing.shutdown()
-            broker.stop()
 
     baseline, project = max(off), max(on)
-    print(f"{'runtime, noop worker':<40}{'events/s':>12}")
-    print(f"{'tracing off (default)':<40}{baseline:>12,.0f}  (baseline) {[round(x) for x in off]}")
-    print(f"{'tracing on, one trace per event':<40}{project:>12,.0f}  (project) {[round(x) for x in on]}")
+    harness.table([("runtime, noop worker", "<40"), ("events/s", ">12,.0f")], [
+        ("tracing off (default)", baseline, f"(baseline) {[round(x) for x in off]}"),
+        ("tracing on, one trace per event", project, f"(project) {[round(x) for x in on]}")])
     print(f"ratio on/off = {project / baseline:.2f}; {n:,} events x {rounds} rounds; "
           f"{exported:,} spans exported")
-    print(json.dumps({"bench": "tracing_overhead", "metric": "events_per_s",
-                      "baseline": round(baseline), "project": round(project),
-                      "ratio": round(project / baseline, 3), "unit": "events/s", "events": n,
-                      "rounds": rounds, "batch": BATCH, "spans_exported": exported,
-                      "off_runs": [round(x) for x in off], "on_runs": [round(x) for x in on]}))
+    harness.report("tracing_overhead", "events_per_s", round(baseline), round(project),
+                   round(project / baseline, 3), "events/s", events=n, rounds=rounds,
+                   batch=BATCH, spans_exported=exported, off_runs=[round(x) for x in off],
+                   on_runs=[round(x) for x in on])
 
 
 if __name__ == "__main__":
