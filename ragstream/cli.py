@@ -436,8 +436,10 @@ def apikey_new(
     key_id: Annotated[str, typer.Argument(metavar="ID")],
     scopes: Annotated[str, typer.Option(help="Comma-separated: publish, search, infer, admin.")]
     = "publish,search",
-    rate: Annotated[float, typer.Option(help="Requests per second.")] = 50.0,
-    burst: Annotated[int, typer.Option(help="Bucket size.")] = 100,
+    rate: Annotated[float, typer.Option(help="Tokens per second (a request, an event, a text "
+                                        "or a KiB of document each cost one).")] = 100.0,
+    burst: Annotated[int, typer.Option(help="Bucket size: the most one request may cost.")]
+    = 1000,
 ) -> None:
     """Make a key: the key is printed once to stderr; add the JSON entry (stdout) to the keys file."""
     from ragstream.gateway.auth import new_key

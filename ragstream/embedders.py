@@ -174,6 +174,12 @@ class TritonEmbedder:
         return self.embed([text])[0]
 
 
+def stored_vectors(settings) -> tuple[str, int]:
+    """The model id and dimension of the vectors a deployment stores, without loading the
+    model: both embedders serve MiniLM's vectors."""
+    return MiniLMEmbedder.model_id, MiniLMEmbedder.dimension
+
+
 def load_embedder(settings) -> Embedder:
     """The embedder ``RAGSTREAM_EMBEDDER`` names: ``minilm`` (local) or ``triton``."""
     if settings.embedder == "triton":

@@ -49,6 +49,10 @@ class TopicSpec:
     # subject and workers follow the payload, so a mismatch let two versions of one document
     # race on two partitions and left stale chunks searchable
     key_field: str | None = None
+    # the API-key scope that may publish this topic's events from outside (the gateway); None:
+    # only ragstream's own workers write it. A publish key could send chunk.embedded events,
+    # and one with a 3-dimension vector broke search in every reader.
+    publish_scope: str | None = None
     # upcasters[n] turns a payload of schema version n into version n + 1
     upcasters: Mapping[int, Upcaster] = field(default_factory=dict)
     dead_letter: bool = True
@@ -89,7 +93,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(
             "documents.v1", 1, "Source documents were created, changed or deleted.",
             {DOCUMENT_UPSERTED: p.DocumentUpserted, DOCUMENT_DELETED: p.DocumentDeleted},
-            key_field="doc_id",
+            key_field="doc_id", publish_scope="publish",
         ),
         TopicSpec(
             "chunks.embedded.v1", 1, "Chunks were embedded, or a document's chunks went away.",
@@ -108,7 +112,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(
             "inference.requests.v1", 1, "Model inference requests for Triton, with a reply topic.",
             {INFERENCE_REQUESTED: p.InferenceRequested},
-            key_field="correlation_id",
+            key_field="correlation_id", publish_scope="infer",
         ),
         TopicSpec(
             "inference.results.v1", 1, "One result per inference request, by correlation id.",

@@ -63,8 +63,10 @@ class ChunkEmbedded(Payload):
     position: int = Field(ge=0)
     text: str = Field(max_length=MAX_TEXT_CHARS)
     text_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
-    model_id: str
-    vector: list[float] | None = None
+    model_id: str = Field(min_length=1, max_length=256)
+    # finite numbers only (a NaN poisons every cosine it meets), and no more than any model's
+    vector: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(default=None,
+                                                                             max_length=8192)
     vector_ref: str | None = None
     # when the source document event happened: the index measures event-to-searchable from it
     source_time: datetime | None = None

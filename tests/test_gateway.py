@@ -52,6 +52,7 @@ def keys():
         ("reader", ["search"], 1000.0, 1000),
         ("admin", ["admin"], 1000.0, 1000),
         ("slow", ["publish"], 0.2, 2),
+        ("inferrer", ["publish", "infer"], 1000.0, 1000),
     ]}
 
 
@@ -116,6 +117,42 @@ def test_auth_scope_size_body_and_rate_paths(server, keys):
              for _ in range(3)]
     assert [c.status_code for c in codes] == [202, 202, 429]
     assert int(codes[2].headers["Retry-After"]) >= 1
+
+
+async def test_a_key_publishes_only_where_its_scopes_reach_and_pays_for_the_work(
+        server, keys, settings):
+    from testing.inference_requests import embed_request
+
+    url = server.url
+    chunk = {"type": "ragstream.chunk.embedded", "source": "x", "subject": "d1", "data": {
+        "chunk_id": "d1#0", "doc_id": "d1", "doc_version": 1, "position": 0, "text": "t",
+        "text_hash": "0" * 64, "model_id": "m", "vector": [0.1, 0.2, 0.3]}}
+    doc = json.loads(document_upserted("d2", "text", version=1).model_dump_json())
+    request = json.loads(embed_request("hello").model_dump_json())
+    # an internal topic: no key may write it from outside, and the batch's valid document is
+    # not sent either
+    r = httpx.post(url + "/v1/events", json={"events": [doc, chunk]},
+                   headers=auth(keys, "admin"))
+    assert r.status_code == 403 and "chunks.embedded.v1" in r.text
+    # an inference request needs the infer scope, not publish
+    r = httpx.post(url + "/v1/events", json={"events": [request]},
+                   headers=auth(keys, "publisher"))
+    assert r.status_code == 403 and "'infer'" in r.text
+    r = httpx.post(url + "/v1/events", json={"events": [request]},
+                   headers=auth(keys, "inferrer"))
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    # the work is charged: three events, or a 3 KiB document, cost more than a burst of 2
+    docs = [json.loads(document_upserted(f"s{i}", "t", version=1).model_dump_json())
+            for i in range(3)]
+    r = httpx.post(url + "/v1/events", json={"events": docs}, headers=auth(keys, "slow"))
+    assert r.status_code == 413 and "burst of 2" in r.text
+    r = httpx.put(url + "/v1/documents/big", json={"text": "x" * 3000, "version": 1},
+                  headers=auth(keys, "slow"))
+    assert r.status_code == 413
+    assert not await read_topic(settings, "chunks.embedded.v1", timeout=0.5)
+    published = {json.loads(x.value)["subject"]
+                 for x in await read_topic(settings, "documents.v1", timeout=0.5)}
+    assert published.isdisjoint({"d2", "s0", "s1", "s2", "big"})
 
 
 def test_keys_rotate_without_a_restart_and_never_reach_the_logs(server, keys):

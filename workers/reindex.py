@@ -13,6 +13,7 @@ from datetime import datetime
 
 from prometheus_client import Counter, Histogram
 
+from ragstream.embedders import stored_vectors
 from ragstream.index.store import APPLY_CHANGES, delete_args, upsert_args
 from ragstream.metrics import LATENCY_BUCKETS
 from ragstream.runtime import Batch, Sink, Worker, WorkerContext
@@ -49,6 +50,7 @@ class ReindexWorker(Worker):
                               buckets=LATENCY_BUCKETS, registry=r)
         changes = Counter("ragstream_index_changes", "Chunks upserted or deleted in the index",
                           ("op",), registry=r)
+        self._model_id, self._dimension = stored_vectors(ctx.settings)
         self._redis = connect(ctx.settings)
         self.sinks = {"index": IndexSink(self._redis, ctx.settings.group_prefix, freshness,
                                          changes)}
@@ -62,6 +64,13 @@ class ReindexWorker(Worker):
             if isinstance(c, ChunkEmbedded):
                 if c.vector is None:
                     batch.reject(event, "no_vector", f"chunk {c.chunk_id} has no inline vector")
+                    continue
+                # one vector of another size made every reader's catch-up raise: search
+                # answered 500 everywhere until the index was rebuilt
+                if (c.model_id, len(c.vector)) != (self._model_id, self._dimension):
+                    batch.reject(event, "wrong_embedding", f"chunk {c.chunk_id} holds "
+                                 f"{len(c.vector)} dimensions of {c.model_id!r}; this index "
+                                 f"holds {self._dimension} of {self._model_id!r}")
                     continue
                 op = upsert_args(c.chunk_id, c.doc_id, c.doc_version, c.position, c.text,
                                  c.text_hash, c.model_id, c.vector)

@@ -32,8 +32,10 @@ class ApiKey(BaseModel):
     id: str = Field(min_length=1, max_length=128)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     scopes: list[Scope]
-    rate_per_s: float = Field(default=50.0, gt=0)
-    burst: int = Field(default=100, ge=1)
+    # tokens: one a request, plus one an event or text and one a KiB of document beyond the
+    # first (dependencies.charge); the burst lets one full 1,000-event batch through at once
+    rate_per_s: float = Field(default=100.0, gt=0)
+    burst: int = Field(default=1000, ge=1)
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
@@ -46,8 +48,8 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def new_key(key_id: str, scopes: list[str], rate_per_s: float = 50.0,
-            burst: int = 100) -> tuple[str, ApiKey]:
+def new_key(key_id: str, scopes: list[str], rate_per_s: float = 100.0,
+            burst: int = 1000) -> tuple[str, ApiKey]:
     """A fresh key (shown once) and the entry to store, which holds only its digest."""
     key = "rsk_" + secrets.token_urlsafe(32)
     return key, ApiKey(id=key_id, sha256=digest(key), scopes=scopes, rate_per_s=rate_per_s,

@@ -53,6 +53,7 @@ def require(scope: str):
             raise HTTPException(401, "missing or invalid API key",
                                 headers={"WWW-Authenticate": "Bearer"})
         request.state.key_id = key.id
+        request.state.api_key = key
         if not key.allows(scope):
             raise HTTPException(403, f"this key lacks the {scope!r} scope")
         decision = await gateway.limiter.take(key.id, key.rate_per_s, key.burst)
@@ -61,6 +62,34 @@ def require(scope: str):
                                 headers={"Retry-After": str(decision.retry_after_s)})
         return key
     return Depends(check)
+
+
+def _caller(request: Request) -> ApiKey:
+    return request.state.api_key
+
+
+Caller = Annotated[ApiKey, Depends(_caller)]  # the key ``require`` accepted
+
+
+async def charge(gateway: Gateway, key: ApiKey, units: int, what: str) -> None:
+    """Take ``units`` more tokens from the key's bucket for the work a request asks for (an
+    event, a text, a KiB of document), before that work starts: one token a request let one
+    call buy a 1,000-event batch or a 2,000-chunk document. A request that costs more than the
+    key's whole burst can never pass, so it is 413, not a 429 to retry."""
+    if units <= 0:
+        return
+    if units + 1 > key.burst:  # ``require`` took one token for the request itself
+        raise HTTPException(413, f"this request costs {units + 1} tokens ({what}), more than "
+                                 f"this key's burst of {key.burst}: send less at once")
+    decision = await gateway.limiter.take(key.id, key.rate_per_s, key.burst, units)
+    if not decision.allowed:
+        raise HTTPException(429, f"rate limit exceeded ({units} tokens for {what})",
+                            headers={"Retry-After": str(decision.retry_after_s)})
+
+
+def kib(n_bytes: int) -> int:
+    """Started KiB: the token cost of a document or an event."""
+    return max(1, -(-n_bytes // 1024))
 
 
 def traceparent_for(request_id: str) -> str:

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from producers.events import document_deleted, document_upserted
-from ragstream.gateway.dependencies import EventPublisher, GatewayState, Trace, require
+from ragstream.gateway.dependencies import (Caller, EventPublisher, GatewayState, Trace, charge,
+                                            kib, require)
 from ragstream.gateway.models import Accepted, DocId, DocumentIn
 
 router = APIRouter(tags=["publish"], dependencies=[require("publish")])
@@ -15,7 +16,10 @@ router = APIRouter(tags=["publish"], dependencies=[require("publish")])
 
 @router.put("/v1/documents/{doc_id}", response_model=Accepted, status_code=202)
 async def put_document(doc_id: DocId, body: DocumentIn, gateway: GatewayState,
-                       publisher: EventPublisher, trace: Trace) -> Accepted:
+                       publisher: EventPublisher, trace: Trace, key: Caller) -> Accepted:
+    # a token per started KiB of text: what a document costs downstream grows with its chunks
+    await charge(gateway, key, kib(len(body.text.encode()) + len(body.title.encode())) - 1,
+                 "the document's size")
     envelope = document_upserted(doc_id, body.text, version=body.version, title=body.title,
                                  source="ragstream/gateway", metadata=body.metadata,
                                  traceparent=trace)

@@ -6,14 +6,15 @@ import asyncio
 
 from fastapi import APIRouter
 
-from ragstream.gateway.dependencies import GatewayState, require
+from ragstream.gateway.dependencies import Caller, GatewayState, charge, require
 from ragstream.gateway.models import EmbedIn, EmbedOut
 
 router = APIRouter(tags=["infer"], dependencies=[require("infer")])
 
 
 @router.post("/v1/embed", response_model=EmbedOut)
-async def embed(body: EmbedIn, gateway: GatewayState) -> EmbedOut:
+async def embed(body: EmbedIn, gateway: GatewayState, key: Caller) -> EmbedOut:
+    await charge(gateway, key, len(body.texts) - 1, f"{len(body.texts)} texts")
     embedder = await gateway.embedder()
     vectors = await asyncio.to_thread(embedder.embed, body.texts)
     return EmbedOut(model=embedder.model_id, dimension=embedder.dimension,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Response
 
 from ragstream.publisher import encode, topic_for
-from ragstream.gateway.dependencies import EventPublisher, GatewayState, Trace, require
+from ragstream.gateway.dependencies import (Caller, EventPublisher, GatewayState, Trace, charge,
+                                            kib, require)
 from ragstream.gateway.models import EventsIn, EventsOut, ItemResult
 from ragstream.transport.base import OutMessage
 from schemas.catalogue import TOPICS, DecodeError
@@ -41,8 +42,11 @@ def encode_item(item: dict[str, Any], max_bytes: int) -> tuple[Envelope, OutMess
 
 @router.post("/v1/events", response_model=EventsOut)
 async def publish_events(body: EventsIn, gateway: GatewayState, publisher: EventPublisher,
-                         trace: Trace) -> Response:
-    """Validate a batch of envelopes; publish the valid ones; report on each item."""
+                         trace: Trace, key: Caller) -> Response:
+    """Validate a batch of envelopes; publish the valid ones; report on each item. A key
+    publishes only to the topics its scopes open (documents with ``publish``, inference
+    requests with ``infer``); any other event makes the whole request a 403, and nothing is
+    sent. Each event costs a token per started KiB."""
     results, messages = [], []
     for i, item in enumerate(body.events):
         try:
@@ -57,6 +61,14 @@ async def publish_events(body: EventsIn, gateway: GatewayState, publisher: Event
         messages.append(message)
         results.append(ItemResult(index=i, id=envelope.id, status="accepted",
                                   topic=message.topic))
+    for topic in sorted({m.topic for m in messages}):
+        scope = TOPICS[topic].publish_scope
+        if scope is None or not key.allows(scope):
+            raise HTTPException(403, f"this key may not publish to {topic}" + (
+                f" (it needs the {scope!r} scope)" if scope else
+                ": only ragstream's workers write it"))
+    await charge(gateway, key, sum(kib(len(m.value)) for m in messages) - 1,
+                 f"{len(messages)} events")
     await publisher.send_raw(messages)
     gateway.events_accepted.inc(len(messages))
     out = EventsOut(accepted=len(messages), rejected=len(results) - len(messages),
