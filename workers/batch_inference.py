@@ -39,6 +39,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from ragstream.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 from ragstream.runtime import Batch, Event, Worker, WorkerContext
+from ragstream.runtime.retry import backoff_s
 from ragstream.triton.client import (CircuitBreaker, ModelInfo, TritonClient, TritonRejected,
                                      TritonUnavailable, to_json, to_numpy)
 from schemas.catalogue import INFERENCE_COMPLETED, TOPICS
@@ -276,7 +277,7 @@ class BatchInferenceWorker(Worker):
                         exc.retry_after = state.breaker.retry_after()
                     raise
                 self.m_retries.labels(model).inc()
-                await asyncio.sleep(self.settings.inference_retry_backoff_s * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff_s(attempt, self.settings.inference_retry_backoff_s))
                 continue
             except TritonRejected as exc:
                 state.breaker.success()  # Triton answered: it is up
