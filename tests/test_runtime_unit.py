@@ -92,10 +92,17 @@ async def test_bad_input_goes_to_the_dlq_with_its_reason_and_the_rest_is_process
     for i, value in enumerate(bad_values.values()):
         broker.append(OutMessage("documents.v1", f"bad{i}".encode(), value))
     worker = Recorder()
-    async with running(worker, memory_settings(), broker=broker):
+    async with running(worker, memory_settings(), broker=broker) as runtime:
         await wait_committed(broker)
+        sample = runtime.metrics.registry.get_sample_value
+        labels = {"worker": "recorder", "topic": "documents.v1"}
+        freshness = (sample("ragstream_event_freshness_seconds_count", labels),
+                     sample("ragstream_event_freshness_seconds_sum", labels))
+        processed = sample("ragstream_events_processed_total", labels)
 
     assert sorted(worker.sink.items) == [("d0", 1), ("d1", 1), ("d2", 1)]
+    assert processed == 3 and freshness[0] == 3  # the good events, each observed once
+    assert 0 < freshness[1] < 60  # event time to now, in seconds
     letters = dead_letters(broker)
     assert sorted(d["x-error-reason"] for d in letters) == sorted(bad_values)
     for d in letters:

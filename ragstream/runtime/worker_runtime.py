@@ -15,11 +15,13 @@ This module is the lifecycle (setup, the loop, rebalances, drain) and the path o
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 
 from ragstream import tracing
 from ragstream.config import Settings
@@ -93,6 +95,11 @@ class WorkerRuntime:
     async def run(self) -> None:
         worker_var.set(self.worker.name)
         await self._setup()
+        # What setup built (models, clients, validators) lives as long as the worker: move it out
+        # of the collector's view. Full collections rescanned it every few batches (a batch keeps
+        # hundreds of envelopes alive), ~1.5 µs per event on bench/runtime_overhead.py.
+        gc.collect()
+        gc.freeze()
         await self.health.start()
         await self.producer.start()
         await self.consumer.start()
@@ -252,13 +259,17 @@ class WorkerRuntime:
     def _record(self, started: float, done: list[Batch], emitted, dead: list[DeadLetter]) -> None:
         series = self.series
         series.batch_seconds(time.perf_counter() - started)
-        now = time.time()
+        # "now" in each event-time zone: datetimes with the same tzinfo object subtract without
+        # utcoffset() calls, and pydantic's TzInfo made ``.timestamp()`` ~1 µs per event
+        nows: dict[tzinfo | None, datetime] = {}
         ages: dict[str, list[float]] = defaultdict(list)
         for b in done:
             rejected = {id(x.event) for x in b.rejected}
             for e in b.events:
                 if not rejected or id(e) not in rejected:
-                    ages[e.record.topic].append(now - e.envelope.time.timestamp())
+                    t = e.envelope.time
+                    now = nows.get(t.tzinfo) or nows.setdefault(t.tzinfo, datetime.now(t.tzinfo))
+                    ages[e.record.topic].append((now - t).total_seconds())
         for t, topic_ages in ages.items():
             series.processed(t, topic_ages)
         series.emitted(t for t, _ in emitted)
