@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
@@ -13,6 +16,23 @@ log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+
+
+class BulkHistogram(Histogram):
+    """A Histogram that also takes a batch of observations in one call: the runtime observes the
+    freshness of every event, and ``observe`` per event (a lock and a bucket scan each) was a
+    tenth of its per-event cost. Same series, same buckets; test_runtime_unit pins the
+    equivalence with ``observe``, since this reaches into the child's buckets."""
+
+    def observe_many(self, amounts: Sequence[float]) -> None:
+        """``observe`` each amount; amounts below zero (clock skew) count as zero."""
+        if not amounts:
+            return
+        self._raise_if_not_observable()
+        bounds = self._upper_bounds
+        self._sum.inc(sum(a for a in amounts if a > 0))
+        for i, n in Tally(bisect_left(bounds, a) for a in amounts).items():
+            self._buckets[i].inc(n)
 
 
 class RuntimeMetrics:
@@ -40,7 +60,7 @@ class RuntimeMetrics:
         self.process_seconds = Histogram("ragstream_batch_process_seconds",
                                          "Time to process and flush one batch", ("worker",),
                                          buckets=LATENCY_BUCKETS, registry=r)
-        self.freshness = Histogram("ragstream_event_freshness_seconds",
+        self.freshness = BulkHistogram("ragstream_event_freshness_seconds",
                                    "Event time to processed (committed) time", labels,
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.lag = Gauge("ragstream_consumer_lag", "Records behind the partition's end",
@@ -63,6 +83,72 @@ class RuntimeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_topic_of = itemgetter(0)  # Record.topic, without a Python-level attribute call per record
+
+
+class WorkerSeries:
+    """The runtime's bookkeeping for one worker: each series is bound to its labels once, and
+    recorded once per batch (not once per event)."""
+
+    def __init__(self, metrics: RuntimeMetrics, worker: str, consumes: tuple[str, ...],
+                 emits: tuple[str, ...]):
+        self.metrics, self._worker = metrics, worker
+        metrics.preset(worker, consumes, emits)
+        self._consumed: dict[str, Counter] = {}
+        self._processed: dict[str, Counter] = {}
+        self._retried: dict[str, Counter] = {}
+        self._emitted: dict[str, Counter] = {}
+        self._freshness: dict[str, BulkHistogram] = {}
+        self._batch_size = metrics.batch_size.labels(worker)
+        self._process_seconds = metrics.process_seconds.labels(worker)
+        self._backpressure = metrics.backpressure.labels(worker)
+        self._assigned = metrics.assigned.labels(worker)
+
+    def _bound(self, cache: dict, metric, topic: str):
+        child = cache.get(topic)
+        if child is None:
+            child = cache[topic] = metric.labels(self._worker, topic)
+        return child
+
+    def consumed(self, records: Sequence) -> None:
+        for t, n in Tally(map(_topic_of, records)).items():
+            self._bound(self._consumed, self.metrics.consumed, t).inc(n)
+        self._batch_size.observe(len(records))
+
+    def retried(self, topic: str, n: int) -> None:
+        self._bound(self._retried, self.metrics.retried, topic).inc(n)
+
+    def processed(self, topic: str, ages_s: Sequence[float]) -> None:
+        """Events of ``topic`` processed and committed, with their freshness (event time to now)."""
+        self._bound(self._processed, self.metrics.processed, topic).inc(len(ages_s))
+        self._bound(self._freshness, self.metrics.freshness, topic).observe_many(ages_s)
+
+    def emitted(self, topics: Iterable[str]) -> None:
+        for t, n in Tally(topics).items():
+            self._bound(self._emitted, self.metrics.emitted, t).inc(n)
+
+    def dead_lettered(self, topic: str, reason: str) -> None:
+        self.metrics.dead_lettered.labels(self._worker, topic, reason).inc()
+
+    def batch_seconds(self, seconds: float) -> None:
+        self._process_seconds.observe(seconds)
+
+    def backpressure(self) -> None:
+        self._backpressure.inc()
+
+    def assigned(self, n: int) -> None:
+        self._assigned.set(n)
+
+    def lag(self, topic: str, partition: int, behind: int) -> None:
+        self.metrics.lag.labels(self._worker, topic, str(partition)).set(behind)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        try:
+            self.metrics.lag.remove(self._worker, topic, str(partition))
+        except KeyError:  # no lag was reported for it yet
+            pass
 
 
 class HealthServer:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ragstream.backoff import backoff_s
 from ragstream.stack import ManagedProcess, free_port, worker_process
 
 
@@ -71,7 +72,7 @@ class Supervisor:
         for w in self.workers:
             if not w.process.alive():
                 if w.next_restart is None:
-                    w.next_restart = now + min(2 ** w.restarts, 30)
+                    w.next_restart = now + backoff_s(w.restarts + 1, 1.0, 30.0)
                 elif now >= w.next_restart:
                     w.restarts += 1
                     w.next_restart = None

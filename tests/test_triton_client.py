@@ -20,8 +20,9 @@ from ragstream.config import Settings
 from ragstream.stack import free_port
 from ragstream.triton.client import (TritonClient, TritonRejected, TritonUnavailable, classify,
                                      model_info, to_numpy)
+from ragstream.backoff import backoff_s
 from ragstream.triton.dispatch import (CircuitBreaker, Dispatcher, Item, ModelPolicy, ModelSettings,
-                                       backoff_s, validate)
+                                       validate)
 from ragstream.triton.server import TritonServer
 from testing.inference_requests import embed_request, request
 from schemas.payloads import InferenceRequested
@@ -100,7 +101,8 @@ def test_errors_are_sorted_by_status_code_never_by_their_text():
 
 
 def test_backoff_doubles_from_the_base():
-    assert [backoff_s(0.1, n) for n in (1, 2, 3, 4)] == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    assert [backoff_s(n, 0.1) for n in (1, 2, 3, 4)] == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    assert backoff_s(9, 0.1, cap_s=2.0) == 2.0
 
 
 def test_circuit_breaker_opens_after_n_failures_then_lets_one_probe_through():

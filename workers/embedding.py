@@ -79,7 +79,9 @@ return #KEYS
 """
 
 
-class LedgerSink(Sink):
+class EmbeddingLedgerSink(Sink):
+    """Per document, the last applied version and its chunks (never overwritten by an older one)."""
+
     def __init__(self, client, prefix: str):
         self._client = client
         self._prefix = prefix
@@ -138,7 +140,7 @@ class EmbeddingWorker(Worker):
                                s.chunk_overlap_tokens, max_chunks=s.max_chunks_per_document)
         self._prefix = s.group_prefix
         self._redis = connect(s)
-        self._ledgers = LedgerSink(self._redis, s.group_prefix)
+        self._ledgers = EmbeddingLedgerSink(self._redis, s.group_prefix)
         self.sinks = {"ledger": self._ledgers,
                       "cache": EmbeddingCacheSink(self._redis, s.embedding_cache_ttl_s)}
         r = ctx.metrics.registry

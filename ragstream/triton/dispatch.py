@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ragstream.backoff import backoff_s
+
 from ragstream.config import Settings
 from ragstream.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 from ragstream.triton.client import (ModelInfo, TritonClient, TritonRejected, TritonUnavailable,
@@ -35,11 +37,6 @@ from ragstream.triton.client import (ModelInfo, TritonClient, TritonRejected, Tr
 from schemas.payloads import InferenceRequested
 
 log = logging.getLogger(__name__)
-
-
-def backoff_s(base_s: float, attempt: int) -> float:
-    """The wait before retry number ``attempt`` (1, 2, ...): base, 2·base, 4·base, ..."""
-    return base_s * 2 ** (attempt - 1)
 
 
 @dataclass
@@ -237,7 +234,7 @@ class Dispatcher:
                         exc.retry_after = state.breaker.retry_after()
                     raise
                 self.m_retries.labels(model).inc()
-                await asyncio.sleep(backoff_s(self.settings.inference_retry_backoff_s, attempt))
+                await asyncio.sleep(backoff_s(attempt, self.settings.inference_retry_backoff_s))
                 continue
             except TritonRejected as exc:
                 state.breaker.success()  # Triton answered: it is up
