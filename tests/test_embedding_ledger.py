@@ -35,7 +35,7 @@ def _events(*docs) -> list[Event]:
 
 
 async def _run(worker: EmbeddingWorker, events: list[Event], flush: bool = True) -> Batch:
-    batch = Batch(events, worker.name)
+    batch = Batch(events, worker.name, worker.sinks)
     await worker.process(batch)
     if flush:
         for sink, items in batch.writes.items():
