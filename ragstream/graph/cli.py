@@ -17,10 +17,10 @@ console = Console()
 
 def _run(work):
     from ragstream.cli import settings
-    from ragstream.graph import KgSettings, open_graph_store
+    from ragstream.graph import open_graph_store
 
     async def main():
-        store = await open_graph_store(settings(), KgSettings())
+        store = await open_graph_store(settings())
         try:
             return await work(store)
         finally:
