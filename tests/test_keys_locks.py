@@ -10,8 +10,10 @@ import redis
 
 from ragstream import celery_app
 from ragstream.config import Settings
+from ragstream.context import WorkerContext
 from ragstream.index.store import APPLY_CHANGES, delete_args, upsert_args
 from ragstream.locks import renewed_lock
+from ragstream.metrics import RuntimeMetrics
 from ragstream.stores.keys import Keys
 
 
@@ -53,3 +55,21 @@ def test_the_index_script_writes_only_keys_the_key_module_names(redis_client):
     written = {k.decode() for k in redis_client.scan_iter(match=f"{keys.prefix}:*")}
     assert written == {keys.index_log, keys.index_doc("d1")}
     redis_client.delete(*written)
+
+
+async def test_the_context_builds_clients_from_the_settings_or_takes_a_tests_own(falkordb):
+    settings = Settings(redis_url=falkordb.url, group_prefix=f"ctx-{uuid.uuid4().hex[:8]}")
+    ctx = WorkerContext(settings, RuntimeMetrics())
+    client = ctx.redis()
+    try:
+        await client.set(settings.keys.embedding_namespace, 1)
+        with redis.Redis.from_url(falkordb.url) as check:  # it reached the configured Redis
+            assert check.get(settings.keys.embedding_namespace) == b"1"
+        await client.delete(settings.keys.embedding_namespace)
+    finally:
+        await client.aclose()
+    embedder = object()
+    ctx = WorkerContext(settings, RuntimeMetrics(), embedder=embedder,
+                        graph_backend=lambda kg: ("backend for", kg.graph_name(settings)))
+    assert ctx.embedder is embedder
+    assert ctx.graph_backend() == ("backend for", f"{settings.group_prefix}.kg")
