@@ -1,4 +1,5 @@
-"""The beat schedule, from config (``settings.schedule``: ``RAGSTREAM_SCHEDULE_*``), and running beat.
+"""The beat schedule, from config (``settings.schedule``, ``RAGSTREAM_SCHEDULE_*``), and running
+beat.
 
 Each job's period is a number of seconds ("300") or a five-field crontab ("0 3 * * *").
 Tasks are named, not imported: the beat process needs no model code. ``test_beat_schedule``
