@@ -270,6 +270,9 @@ class Settings(BaseSettings):
         """Settings from ``RAGSTREAM_*`` variables given as a mapping (what a child process or an
         embedded stack is handed), over this process's own environment. ``overrides`` are
         variable names in lower case without the prefix (``kg_orphans="prune"``)."""
+        unknown = set(overrides) - set(cls.variables()) - set(SECTIONS)
+        if unknown:  # a typo in code is an error; an unknown variable in a mapping is ignored
+            raise TypeError(f"not settings: {sorted(unknown)}")
         named = _read_variables(_named(env))
         return cls(**_nest({**named, **overrides}))
 

@@ -72,6 +72,8 @@ def test_from_env_mapping_wins_over_the_process_environment(monkeypatch, tmp_pat
     assert settings.kg.graph == "from-a-file"         # a *_FILE for a field of a section
     assert settings.gcn.epochs == 3                   # an override, by its variable name
     assert settings.keys.lock("job") == "dep:lock:job"
+    with pytest.raises(TypeError, match="gcn_epoch"):
+        Settings.from_env({}, gcn_epoch=3)
 
 
 def test_secret_files_of_the_environment_and_a_mapping(tmp_path, monkeypatch):
