@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness  # noqa: E402
 from ragstream.datasets import shared_data_dir  # noqa: E402
-from ragstream.gcn.config import GcnSettings  # noqa: E402
+from ragstream.config import GcnSettings, Settings  # noqa: E402
 from ragstream.gcn.graph import EntityGraph  # noqa: E402
 from ragstream.gcn.model import embed, link_auc, split_edges, train  # noqa: E402
 from torch_geometric.utils import negative_sampling  # noqa: E402
@@ -80,7 +80,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     prefix = args.data or shared_data_dir() / "planetoid_citation" / "ind.cora"
-    cfg = GcnSettings(epochs=50 if args.quick else GcnSettings().epochs)
+    cfg = Settings().gcn
+    if args.quick:
+        cfg = cfg.model_copy(update={"epochs": 50})
     r = run(prefix, cfg, args.seed)
     harness.table([("method", "<40"), ("test ROC AUC", ">14.4f")], [
         ("baseline: cosine of raw features", r["baseline"]),

@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness  # noqa: E402
+from ragstream.config import GcnSettings  # noqa: E402
 from testing import synthetic_graph as synthetic  # noqa: E402
-from ragstream.gcn.config import GcnSettings  # noqa: E402
 from ragstream.gcn.refresh import Refresher  # noqa: E402
 from ragstream.gcn.store import EmbeddingStore  # noqa: E402
 from ragstream.graph.backends import FalkorBackend  # noqa: E402

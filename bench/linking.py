@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness  # noqa: E402
 from ragstream.datasets import shared_data_dir  # noqa: E402
-from ragstream.embedders import MiniLMEmbedder  # noqa: E402
+from ragstream.embedders import load_embedder  # noqa: E402
 from ragstream.graph.backends import FalkorBackend  # noqa: E402
-from ragstream.graph.config import KgSettings  # noqa: E402
+from ragstream.config import KgSettings, Settings  # noqa: E402
 from ragstream.graph.model import DocumentChange, cooccurring  # noqa: E402
 from ragstream.graph.store import GraphStore  # noqa: E402
 from ragstream.nlp.gazetteer import Gazetteer  # noqa: E402
@@ -105,8 +105,9 @@ def gold_clusters(docs, ids, nil_as_entity: bool = False) -> dict:
 
 
 async def run(paths: list[Path], quick: bool) -> list[dict]:
-    kg = KgSettings()
-    embedder = MiniLMEmbedder()
+    settings = Settings()
+    kg = settings.kg
+    embedder = load_embedder(settings)
     baseline_recogniser = Recogniser(gazetteer=False)
     results = []
     with harness.falkordb() as server:

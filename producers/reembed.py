@@ -19,7 +19,6 @@ from ragstream.stores.redis import connect
 from ragstream.transport.base import OutMessage
 from ragstream.transport.kafka import connection_options
 from schemas.catalogue import DOCUMENT_DELETED
-from workers.embedding import cache_namespace_key
 
 TOPIC = "documents.v1"
 
@@ -28,7 +27,7 @@ async def reembed(settings: Settings) -> tuple[int, int]:
     """Returns (new cache namespace, documents re-sent)."""
     client = connect(settings)
     try:
-        namespace = await client.incr(cache_namespace_key(settings.group_prefix))
+        namespace = await client.incr(settings.keys.embedding_namespace)
     finally:
         await client.aclose()
     latest = await _latest_documents(settings)

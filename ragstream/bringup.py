@@ -26,6 +26,7 @@ from ragstream.transport import ensure_topics
 from schemas.catalogue import all_topic_names
 from workers import consumer_groups
 
+
 @dataclass
 class RunningStack:
     names: list[str]

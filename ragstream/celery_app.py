@@ -1,7 +1,8 @@
 """The Celery app for scheduled refresh jobs (index compaction, gazetteer refresh, GCN refresh).
 
 Jobs are plain idempotent functions in their worker's package; each registers a task here with
-``@exclusive_task``, which holds a per-task lock in Redis so two overlapping runs cannot collide.
+``@exclusive_task``, which holds a per-task lock in Redis so two overlapping runs cannot collide,
+and hands the job this process's settings.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import importlib
 import logging
 from collections.abc import Callable
 
-import redis
 from celery import Celery
 
 from ragstream.config import Settings
 from ragstream.locks import LockTimeout, renewed_lock
-from ragstream.schedule import ScheduleSettings, beat_schedule
+from ragstream.schedule import beat_schedule
+from ragstream.stores.redis import connect_sync
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,8 @@ TASK_MODULES: list[str] = ["ragstream.gcn.tasks", "ragstream.nlp.refresh",
                           "ragstream.index.tasks"]
 
 
-def make_app(settings: Settings | None = None) -> Celery:
-    settings = settings or Settings()
-    url = settings.redis_url.get_secret_value()
-    app = Celery("ragstream", broker=url, backend=url, include=TASK_MODULES)
+def make_app(settings: Settings) -> Celery:
+    app = Celery("ragstream", include=TASK_MODULES)
     app.conf.update(
         task_acks_late=True,               # a killed worker's task is redelivered, not lost
         task_reject_on_worker_lost=True,
@@ -38,40 +37,60 @@ def make_app(settings: Settings | None = None) -> Celery:
         result_expires=3600,
         broker_connection_retry_on_startup=True,
         timezone="UTC",
+    )
+    _connect(app, settings)
+    return app
+
+
+def _connect(app: Celery, settings: Settings) -> None:
+    url = settings.redis_url.get_secret_value()
+    app.conf.update(
+        broker_url=url,
+        result_backend=url,
         # deployments sharing a Redis keep their queues and schedules apart, like their graphs
         task_default_queue=f"{settings.group_prefix}.celery",
     )
     configure_beat(app, settings)
-    return app
 
 
 def configure_beat(app: Celery, settings: Settings) -> None:
     """RedBeat: schedule and leader lock in Redis; only one beat fires (see ragstream.schedule)."""
-    schedule = ScheduleSettings()
+    schedule = settings.schedule
     app.conf.update(
         beat_scheduler="redbeat.RedBeatScheduler",
         beat_schedule=beat_schedule(schedule),
         beat_max_loop_interval=schedule.max_loop_interval_s,
         redbeat_redis_url=settings.redis_url.get_secret_value(),
-        redbeat_key_prefix=f"{settings.group_prefix}:redbeat",
+        redbeat_key_prefix=settings.keys.redbeat,
         redbeat_lock_timeout=schedule.lock_timeout_s,
     )
 
 
-app = make_app()
+# this process's settings, built once; the CLI hands in the ones it built with ``configure``
+settings = Settings()
+app = make_app(settings)
 
 
-def run_beat(loglevel: str = "INFO") -> None:
-    """Run beat in this process until it is stopped."""
+def configure(new: Settings) -> None:
+    """Run the app, its tasks and beat on ``new`` (before the worker or beat starts)."""
+    global settings
+    settings = new
+    _connect(app, new)
+
+
+def run_beat(new: Settings) -> None:
+    """Run beat in this process on ``new`` until it is stopped."""
+    configure(new)
     for module in TASK_MODULES:
         importlib.import_module(module)
     # a task module may add a default entry of its own: the configured schedule wins
-    app.conf.beat_schedule = beat_schedule()
-    app.Beat(loglevel=loglevel, max_interval=ScheduleSettings().max_loop_interval_s).run()
+    app.conf.beat_schedule = beat_schedule(new.schedule)
+    app.Beat(loglevel=new.log_level, max_interval=new.schedule.max_loop_interval_s).run()
 
 
 def exclusive_task(name: str, lock_ttl_s: float = 60.0) -> Callable:
-    """Register ``fn`` as a Celery task that runs at most once at a time across all workers.
+    """Register ``fn(settings, ...)`` as a Celery task that runs at most once at a time across
+    the deployment's workers.
 
     A run that finds the lock taken returns ``{"skipped": "locked"}``. The holder renews the lock
     while it runs, so a long task keeps it and a killed one frees it within ``lock_ttl_s``: a task
@@ -81,10 +100,11 @@ def exclusive_task(name: str, lock_ttl_s: float = 60.0) -> Callable:
         @app.task(name=name, bind=True)
         @functools.wraps(fn)
         def task(self, *args, **kwargs):
-            client = redis.Redis.from_url(Settings().redis_url.get_secret_value())
+            client = connect_sync(settings)
             try:
-                with renewed_lock(client, f"ragstream:lock:{name}", lock_ttl_s, wait_s=0):
-                    return fn(*args, **kwargs)
+                # under the deployment's prefix: deployments sharing a Redis run their own jobs
+                with renewed_lock(client, settings.keys.lock(name), lock_ttl_s, wait_s=0):
+                    return fn(settings, *args, **kwargs)
             except LockTimeout:
                 log.info("task already running elsewhere; skipped", extra={"task": name})
                 return {"skipped": "locked"}

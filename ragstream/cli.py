@@ -36,13 +36,17 @@ def _data_dir() -> Path:
 
 def settings() -> Settings:
     """Settings from the environment; a running ``ragstream up`` fills in where it is silent."""
+    return Settings.from_env({k: v for k, v in _stack_env().items() if k not in os.environ})
+
+
+def _stack_env() -> dict[str, str]:
+    """The environment of a running ``ragstream up`` (empty: none runs)."""
     stack_file = _data_dir() / STACK_ENV
     if stack_file.exists():
         stack = json.loads(stack_file.read_text())
         if _pid_alive(stack.get("pid", -1)):
-            for key, value in stack["env"].items():
-                os.environ.setdefault(key, value)
-    return Settings()
+            return stack["env"]
+    return {}
 
 
 @app.callback()
@@ -112,9 +116,6 @@ def up(
     console.print("stopped cleanly")
 
 
-def _settings_kwargs(env: dict[str, str]) -> dict:
-    prefix = "RAGSTREAM_"
-    return {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)}
 
 
 def _status_table(statuses) -> Table:
@@ -137,7 +138,7 @@ def demo(
 
     Uses the stack of a running ``ragstream up``; with none running, it runs its own."""
     cfg = settings()
-    if os.environ.get("RAGSTREAM_KAFKA_BOOTSTRAP"):
+    if os.environ.get("RAGSTREAM_KAFKA_BOOTSTRAP") or "RAGSTREAM_KAFKA_BOOTSTRAP" in _stack_env():
         asyncio.run(_demo(cfg, limit, wait))
         return
     from ragstream.bringup import running_stack
@@ -398,7 +399,7 @@ def beat() -> None:
 
     cfg = settings()
     logs.configure(cfg.log_level)
-    run_beat(cfg.log_level)
+    run_beat(cfg)
 
 
 @app.command("celery-worker")
@@ -407,8 +408,9 @@ def celery_worker(
 ) -> None:
     """Run a Celery worker for the scheduled jobs (GCN refresh, compaction, gazetteer)."""
     cfg = settings()
-    from ragstream.celery_app import app as celery
+    from ragstream.celery_app import app as celery, configure
 
+    configure(cfg)
     celery.worker_main(["worker", f"--loglevel={cfg.log_level}", f"--concurrency={concurrency}"])
 
 

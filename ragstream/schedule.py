@@ -13,10 +13,8 @@ too, so the successor continues the schedule instead of firing everything again.
 from __future__ import annotations
 
 from celery.schedules import crontab
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ragstream.config import ENV_PREFIX
+from ragstream.config import ScheduleSettings
 
 # beat entry -> (task name, the ScheduleSettings field holding its period)
 ENTRIES: dict[str, tuple[str, str]] = {
@@ -25,24 +23,6 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "index-compaction": ("ragstream.index.compact", "index_compaction"),
     "kg-gazetteer-refresh": ("ragstream.kg.refresh_gazetteer", "gazetteer_refresh"),
 }
-
-
-class ScheduleSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=f"{ENV_PREFIX}SCHEDULE_", extra="ignore")
-
-    gcn_incremental: str = "300"
-    gcn_retrain: str = "0 3 * * *"         # nightly
-    index_compaction: str = "15 * * * *"   # hourly
-    gazetteer_refresh: str = "300"
-    # beat wakes at least this often; the leader lock lives this long without renewal
-    max_loop_interval_s: float = Field(default=5.0, gt=0)
-    lock_timeout_s: float = Field(default=30.0, gt=0)
-
-    @field_validator("gcn_incremental", "gcn_retrain", "index_compaction", "gazetteer_refresh")
-    @classmethod
-    def _valid_period(cls, value: str) -> str:
-        period(value)
-        return value
 
 
 def period(spec: str) -> float | crontab:
@@ -60,8 +40,7 @@ def period(spec: str) -> float | crontab:
                    day_of_week=day_of_week)
 
 
-def beat_schedule(cfg: ScheduleSettings | None = None) -> dict[str, dict]:
-    cfg = cfg or ScheduleSettings()
+def beat_schedule(cfg: ScheduleSettings) -> dict[str, dict]:
     return {entry: {"task": task, "schedule": period(getattr(cfg, field))}
             for entry, (task, field) in ENTRIES.items()}
 

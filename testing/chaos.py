@@ -43,8 +43,9 @@ import redis
 
 from producers import reuters
 from producers.events import document_deleted, document_upserted
+from ragstream.config import MAX_EVENT_BYTES, Settings
 from ragstream.publisher import encode
-from ragstream.config import Settings
+from ragstream.stores.keys import GraphKeys, Keys
 from ragstream.stack import FalkorDB, ManagedProcess, Tansu, worker_process
 from schemas.envelope import Envelope
 
@@ -190,7 +191,7 @@ def is_valid(raw: bytes) -> bool:
     from schemas.catalogue import DecodeError, decode, topic
 
     try:
-        decode(topic("documents.v1"), raw, Settings.model_fields["max_event_bytes"].default)
+        decode(topic("documents.v1"), raw, MAX_EVENT_BYTES)
         return True
     except DecodeError:
         return False
@@ -547,7 +548,7 @@ def flush_embedding_cache(port: int, prefix: str) -> int:
     try:
         removed = 0
         batch = []
-        for key in client.scan_iter(match=f"{prefix}:embedding:cache:*", count=1000):
+        for key in client.scan_iter(match=Keys(prefix).embedding_cache("*", "*"), count=1000):
             batch.append(key)
             if len(batch) >= 500:
                 removed += client.delete(*batch)
@@ -591,7 +592,7 @@ def capture_state(run: Run) -> dict[str, Any]:
             pipe.hget(k, "version")
         doc_versions = {k.decode()[start:]: int(v) for k, v in zip(doc_keys, pipe.execute(),
                                                                     strict=True)}
-        dirty = sorted(m.decode() for m in client.smembers(f"{run.graph_name}:gcn:dirty"))
+        dirty = sorted(m.decode() for m in client.smembers(GraphKeys(run.graph_name).gcn_dirty))
     finally:
         client.close()
     return {"index": {"chunks": chunks, "doc_versions": doc_versions},

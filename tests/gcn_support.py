@@ -7,8 +7,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from ragstream.config import GcnSettings
 from testing import synthetic_graph as synthetic
-from ragstream.gcn.config import GcnSettings
 from ragstream.graph import KgSettings
 from ragstream.graph.backends import FalkorBackend
 

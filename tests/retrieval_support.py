@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import redis
 
 from ragstream.config import Settings
-from ragstream.index.store import Keys
+from ragstream.stores.keys import Keys
 from tests.helpers import eventually, running
 from workers.embedding import EmbeddingWorker
 from workers.reindex import ReindexWorker
@@ -28,14 +28,13 @@ async def pipeline(settings: Settings, embedder, group_suffix: str = "") -> Asyn
 
 def indexed_chunks(client: redis.Redis, prefix: str) -> dict[str, str]:
     """chunk id -> text hash of every chunk in the durable index."""
-    keys = Keys(prefix)
-    start = len(keys.chunk_pattern) - 1
-    return {k.decode()[start:]: client.hget(k, "text_hash").decode()
-            for k in client.scan_iter(match=keys.chunk_pattern, count=1000)}
+    start = Keys(prefix).index_chunk_prefix
+    return {k.decode()[len(start):]: client.hget(k, "text_hash").decode()
+            for k in client.scan_iter(match=f"{start}*", count=1000)}
 
 
 def log_length(client: redis.Redis, prefix: str) -> int:
-    return client.xlen(Keys(prefix).log)
+    return client.xlen(Keys(prefix).index_log)
 
 
 def metric(runtime, name: str, **labels: str) -> float:

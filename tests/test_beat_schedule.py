@@ -11,7 +11,8 @@ import time
 from collections import defaultdict
 
 from ragstream.celery_app import TASK_MODULES, app
-from ragstream.schedule import ENTRIES, ScheduleSettings, beat_schedule
+from ragstream.config import Settings
+from ragstream.schedule import ENTRIES, beat_schedule
 from ragstream.stack import ManagedProcess
 
 PERIOD_S = 3.0
@@ -24,7 +25,7 @@ def test_every_scheduled_task_is_registered_and_periods_come_from_config(monkeyp
     assert {task for task, _ in ENTRIES.values()} <= set(app.tasks)
     monkeypatch.setenv("RAGSTREAM_SCHEDULE_GCN_RETRAIN", "30 4 * * *")
     monkeypatch.setenv("RAGSTREAM_SCHEDULE_GCN_INCREMENTAL", "120")
-    schedule = beat_schedule(ScheduleSettings())
+    schedule = beat_schedule(Settings().schedule)
     assert schedule["gcn-incremental-refresh"]["schedule"] == 120.0
     assert str(schedule["gcn-full-retrain"]["schedule"]).startswith("<crontab: 30 4 * * *")
 

@@ -171,7 +171,7 @@ def test_compose_secrets_are_files_never_literals():
 
 def test_every_secret_file_setting_names_a_real_setting():
     doc = compose()
-    fields = set(Settings.model_fields)
+    fields = set(Settings.variables())
     for service in doc["services"].values():
         for key in service.get("environment") or {}:
             if key.startswith("RAGSTREAM_") and key.endswith("_FILE"):
@@ -228,7 +228,7 @@ def _triton_settings(env: dict) -> list[str]:
 
 def test_triton_and_inference_settings_are_real_settings():
     """A misspelled RAGSTREAM_ variable is silently ignored: check the names against Settings."""
-    fields = set(Settings.model_fields)
+    fields = set(Settings.variables())
     named = [k for s in compose()["services"].values() for k in _triton_settings(
         s.get("environment") or {})]
     named += _triton_settings(_load_all(K8S / "base/configmap.yaml")[0]["data"])
@@ -454,7 +454,7 @@ def test_secrets_are_mounted_files_named_by_the_config(overlay):
     _, objects = overlay
     assert not _by(objects, "Secret"), "secret values never live in the repo"
     config = _by(objects, "ConfigMap")["ragstream-config"]["data"]
-    fields = set(Settings.model_fields)
+    fields = set(Settings.variables())
     for key, value in config.items():
         if key.endswith("_FILE"):
             assert key.removeprefix("RAGSTREAM_").removesuffix("_FILE").lower() in fields, key

@@ -34,17 +34,13 @@ import numpy as np
 from prometheus_client import Counter
 
 from ragstream.chunking import Chunk, Chunker, TooManyChunks, text_hash
-from ragstream.embedders import Embedder, load_embedder
+from ragstream.embedders import Embedder
 from ragstream.runtime import Batch, Event, Sink, Worker, WorkerContext
-from ragstream.stores.redis import connect
+from ragstream.stores.keys import Keys
 from schemas.catalogue import CHUNK_EMBEDDED, CHUNKS_DELETED
 from schemas.payloads import ChunkEmbedded, ChunksDeleted, DocumentDeleted, DocumentUpserted
 
 OUT_TOPIC = "chunks.embedded.v1"
-
-
-def cache_namespace_key(prefix: str) -> str:
-    return f"{prefix}:embedding:namespace"
 
 
 @dataclass
@@ -82,13 +78,13 @@ return #KEYS
 class EmbeddingLedgerSink(Sink):
     """Per document, the last applied version and its chunks (never overwritten by an older one)."""
 
-    def __init__(self, client, prefix: str):
+    def __init__(self, client, keys: Keys):
         self._client = client
-        self._prefix = prefix
+        self._keys = keys
         self._write = client.register_script(_WRITE_LEDGER)
 
     def key(self, doc_id: str) -> str:
-        return f"{self._prefix}:embedding:ledger:{doc_id}"
+        return self._keys.embedding_ledger(doc_id)
 
     async def flush(self, items: list[tuple[str, Ledger]]) -> None:
         latest = {doc_id: ledger for doc_id, ledger in items}  # the last state of each document
@@ -132,15 +128,15 @@ class EmbeddingWorker(Worker):
         s = ctx.settings
         if self._embedder is None:
             # RAGSTREAM_EMBEDDER=triton: the model runs on Triton, through the shared client
-            self._embedder = await asyncio.to_thread(load_embedder, s)
-        # the first call's one-off costs (MiniLM's row-count check, kernel set-up) fall here,
+            self._embedder = await asyncio.to_thread(lambda: ctx.embedder)
+        # the first call's one-off costs (kernel set-up, lazy loads) fall here,
         # not on the first batch's freshness
         await asyncio.to_thread(self._embedder.embed, ["warm-up"])
         self.chunker = Chunker(self._embedder.model.tokenizer, s.chunk_tokens,
                                s.chunk_overlap_tokens, max_chunks=s.max_chunks_per_document)
-        self._prefix = s.group_prefix
-        self._redis = connect(s)
-        self._ledgers = EmbeddingLedgerSink(self._redis, s.group_prefix)
+        self._keys = s.keys
+        self._redis = ctx.redis()
+        self._ledgers = EmbeddingLedgerSink(self._redis, s.keys)
         self.sinks = {"ledger": self._ledgers,
                       "cache": EmbeddingCacheSink(self._redis, s.embedding_cache_ttl_s)}
         r = ctx.metrics.registry
@@ -156,7 +152,7 @@ class EmbeddingWorker(Worker):
         await self._redis.aclose()
 
     async def process(self, batch: Batch) -> None:
-        namespace = await self._redis.get(cache_namespace_key(self._prefix))
+        namespace = await self._redis.get(self._keys.embedding_namespace)
         embedding = f"{self._embedder.model_id}:{int(namespace or 0)}"
         doc_ids = list(dict.fromkeys(e.payload.doc_id for e in batch.events))
         raw = await self._redis.mget([self._ledgers.key(d) for d in doc_ids])
@@ -253,7 +249,7 @@ class EmbeddingWorker(Worker):
         hashes = list(dict.fromkeys(c.text_hash for c in chunks))
         if not hashes:
             return {}
-        keys = [f"{self._prefix}:embedding:cache:{embedding}:{h}" for h in hashes]
+        keys = [self._keys.embedding_cache(embedding, h) for h in hashes]
         cached = await self._redis.mget(keys)
         out = {h: np.frombuffer(v, dtype=np.float32) for h, v in zip(hashes, cached, strict=True)
                if v is not None}

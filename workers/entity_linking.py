@@ -16,9 +16,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ragstream.embedders import Embedder, MiniLMEmbedder
 from ragstream.errors import unavailable_types
-from ragstream.graph import GraphStore, KgSettings, open_backend
+from ragstream.config import KgSettings
+from ragstream.graph import GraphStore
 from ragstream.graph.model import DocState, DocumentChange, LinkedEntity, cooccurring, pairs
 from ragstream.nlp.gazetteer import Gazetteer
 from ragstream.nlp.recognise import Recogniser
@@ -65,14 +65,15 @@ class EntityLinkingWorker(Worker):
 
     def __init__(self, kg: KgSettings | None = None, recogniser: Recogniser | None = None):
         """``recogniser``: an already loaded one to reuse (tests load spaCy once)."""
-        self.kg = kg or KgSettings()
+        self.kg = kg  # None: the settings' (RAGSTREAM_KG_*)
         self.recogniser = recogniser
-        self._embedder: Embedder | None = None
 
     async def setup(self, ctx: WorkerContext) -> None:
         # The store connects and creates its constraints on first use: a worker starts while the
         # graph store is down, and its batches wait (backpressure) until the store is back.
-        self.store = GraphStore(open_backend(ctx.settings, self.kg), self.kg.orphans)
+        self.kg = self.kg or ctx.settings.kg
+        self._ctx = ctx
+        self.store = GraphStore(ctx.graph_backend(self.kg), self.kg.orphans)
         self.sinks = {"graph": GraphSink(self.store)}
         if self.recogniser is None:
             self.recogniser = await asyncio.to_thread(
@@ -158,9 +159,8 @@ class EntityLinkingWorker(Worker):
         log.info("gazetteer loaded", extra={"version": version, "entities": len(entries)})
 
     def _embed(self, texts: list[str]):
-        if self._embedder is None:
-            self._embedder = MiniLMEmbedder()
-        return self._embedder.embed(texts)
+        # the deployment's embedder, loaded on the first ambiguous mention
+        return self._ctx.embedder.embed(texts)
 
 
 def _rank(event: Event) -> tuple[int, bool]:

@@ -7,11 +7,9 @@ version is announced on graph.embeddings.v1 by the job that makes it visible.
 
 from __future__ import annotations
 
-from ragstream.gcn.config import GcnSettings
 from ragstream.gcn.dirty import DirtySet, DirtySetSink, dirty_entities
-from ragstream.graph import KgSettings
 from ragstream.runtime import Batch, Worker, WorkerContext
-from ragstream.stores.redis import connect
+from ragstream.stores.keys import GraphKeys
 
 TRIGGER_COOLDOWN_S = 60  # ask for at most one early refresh per minute
 
@@ -21,12 +19,12 @@ class GcnRefreshWorker(Worker):
     consumes = ("kg.changes.v1",)
 
     async def setup(self, ctx: WorkerContext) -> None:
-        self._redis = connect(ctx.settings)
-        graph_name = KgSettings().graph_name(ctx.settings)
+        self._redis = ctx.redis()
+        graph_name = ctx.settings.kg.graph_name(ctx.settings)
         self.dirty = DirtySet(self._redis, graph_name)
         self.sinks = {"dirty": DirtySetSink(self.dirty)}
-        self._trigger_at = GcnSettings().trigger_dirty
-        self._trigger_key = f"{graph_name}:gcn:triggered"
+        self._trigger_at = ctx.settings.gcn.trigger_dirty
+        self._trigger_key = GraphKeys(graph_name).gcn_triggered
 
     async def process(self, batch: Batch) -> None:
         for event in batch.events:

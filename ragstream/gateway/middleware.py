@@ -40,7 +40,7 @@ async def limits_and_access_log(request: Request, call_next):
     request.state.key_id = None
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit()
-                               or int(length) > gateway.settings.gateway_max_body_bytes):
+                               or int(length) > gateway.settings.gateway.max_body_bytes):
         response = JSONResponse({"detail": "request body over the limit"}, status_code=413)
     elif length is None and request.method in ("POST", "PUT", "PATCH"):
         response = JSONResponse({"detail": "a Content-Length header is required"},

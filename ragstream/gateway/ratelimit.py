@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import redis.asyncio
 
+from ragstream.stores.keys import Keys
+
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -40,13 +42,13 @@ class Decision:
 
 
 class RateLimiter:
-    def __init__(self, client: redis.asyncio.Redis, prefix: str):
+    def __init__(self, client: redis.asyncio.Redis, keys: Keys):
         self._take = client.register_script(_TAKE)
-        self._prefix = prefix
+        self._keys = keys
 
     async def take(self, key_id: str, rate_per_s: float, burst: int, cost: int = 1) -> Decision:
         if cost > burst:
             return Decision(False, math.ceil(cost / rate_per_s))
-        allowed, wait = await self._take(keys=[f"{self._prefix}:ratelimit:{key_id}"],
+        allowed, wait = await self._take(keys=[self._keys.ratelimit(key_id)],
                                          args=[rate_per_s, burst, cost])
         return Decision(bool(allowed), max(1, math.ceil(float(wait))))

@@ -60,6 +60,6 @@ class ResultRouter:
                             data=request.model_dump(mode="json"))
         try:
             await self.publisher.publish([envelope])
-            return await asyncio.wait_for(future, self.settings.gateway_infer_timeout_s)
+            return await asyncio.wait_for(future, self.settings.gateway.infer_timeout_s)
         finally:
             self._pending.pop(request.correlation_id, None)

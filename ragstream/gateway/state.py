@@ -42,7 +42,7 @@ class Gateway:
         tracing.configure_from_env("ragstream-gateway")
         self.keys.reload()
         self.redis = connect(self.settings)
-        self.limiter = RateLimiter(self.redis, self.settings.group_prefix)
+        self.limiter = RateLimiter(self.redis, self.settings.keys)
         self.publisher = Publisher(self.settings)
         await self.publisher.__aenter__()
         self.results = ResultRouter(self.settings, self.publisher)
@@ -61,9 +61,10 @@ class Gateway:
     async def embedder(self):
         async with self._models_lock:
             if self._embedder is None:
-                from ragstream.embedders import MiniLMEmbedder
+                from ragstream.embedders import load_embedder
 
-                self._embedder = await asyncio.to_thread(MiniLMEmbedder)
+                # the deployment's embedder (RAGSTREAM_EMBEDDER): the vectors the index holds
+                self._embedder = await asyncio.to_thread(load_embedder, self.settings)
         return self._embedder
 
     async def searcher(self):

@@ -11,11 +11,8 @@ from collections.abc import Iterable
 import redis.asyncio
 
 from ragstream.sinks import Sink
+from ragstream.stores.keys import GraphKeys
 from schemas.payloads import KgChanged
-
-
-def dirty_key(graph_name: str) -> str:
-    return f"{graph_name}:gcn:dirty"
 
 
 def dirty_entities(change: KgChanged) -> set[str]:
@@ -26,7 +23,7 @@ def dirty_entities(change: KgChanged) -> set[str]:
 class DirtySet:
     def __init__(self, client: redis.asyncio.Redis, graph_name: str):
         self.client = client
-        self.key = dirty_key(graph_name)
+        self.key = GraphKeys(graph_name).gcn_dirty
 
     async def add(self, ids: Iterable[str]) -> int:
         ids = list(ids)

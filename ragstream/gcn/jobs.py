@@ -7,17 +7,15 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-import redis
-import redis.asyncio
-
-from ragstream.config import Settings
-from ragstream.gcn.config import GcnSettings
+from ragstream.config import GcnSettings, KgSettings, Settings
 from ragstream.gcn.dirty import DirtySet
 from ragstream.locks import renewed_lock
 from ragstream.publisher import Publisher
 from ragstream.gcn.refresh import Announce, Refresher, RefreshReport
 from ragstream.gcn.store import EmbeddingStore
-from ragstream.graph import KgSettings, open_graph_store
+from ragstream.graph import open_graph_store
+from ragstream.stores.keys import GraphKeys
+from ragstream.stores.redis import connect, connect_sync
 from schemas.catalogue import GRAPH_EMBEDDINGS_UPDATED
 from schemas.envelope import Envelope, derived_event_id
 from schemas.payloads import GraphEmbeddingsUpdated
@@ -29,14 +27,14 @@ Mode = Literal["incremental", "full", "retrain"]
 
 async def run_job(mode: Mode, settings: Settings | None = None, cfg: GcnSettings | None = None,
                   kg: KgSettings | None = None, *, announce: bool = True) -> RefreshReport:
-    settings, cfg, kg = settings or Settings(), cfg or GcnSettings(), kg or KgSettings()
+    settings = settings or Settings()
+    cfg, kg = cfg or settings.gcn, kg or settings.kg
     graph_name = kg.graph_name(settings)
-    url = settings.redis_url.get_secret_value()
     graph_store = await open_graph_store(settings, kg)
-    lock_client = redis.Redis.from_url(url)
-    dirty = DirtySet(redis.asyncio.Redis.from_url(url), graph_name)
+    lock_client = connect_sync(settings)
+    dirty = DirtySet(connect(settings), graph_name)
     try:
-        with renewed_lock(lock_client, f"ragstream:lock:gcn:{graph_name}", cfg.lock_ttl_s,
+        with renewed_lock(lock_client, GraphKeys(graph_name).gcn_lock, cfg.lock_ttl_s,
                           cfg.lock_wait_s):
             refresher = Refresher(
                 EmbeddingStore(graph_store.backend, write_batch=cfg.write_batch,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ragstream.gcn.checkpoints import Checkpoints
-from ragstream.gcn.config import GcnSettings
+from ragstream.config import GcnSettings
 from ragstream.gcn.graph import EntityGraph
 from ragstream.gcn.model import LAYERS, embed, pick_device, split_edges, train, within_hops
 from ragstream.gcn.store import EmbeddingStore

@@ -18,7 +18,9 @@ import redis
 
 from ragstream.config import Settings
 from ragstream.index import snapshots
-from ragstream.index.store import Keys, parse_chunk
+from ragstream.index.store import parse_chunk
+from ragstream.stores.keys import Keys
+from ragstream.stores.redis import connect_sync
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +29,19 @@ _SCAN_PAGE = 500
 
 def compact(settings: Settings) -> dict:
     """Build and publish the next snapshot version; returns its manifest as a dict."""
-    keys = Keys(settings.group_prefix)
+    keys = settings.keys
     root = snapshots.index_dir(settings.data_dir)
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=30)
+    client = connect_sync(settings, socket_timeout=30)
     try:
         started = time.monotonic()
-        newest = client.xrevrange(keys.log, count=1)
+        newest = client.xrevrange(keys.index_log, count=1)
         watermark = newest[0][0].decode() if newest else "0-0"
         previous = snapshots.current(root)
         manifest = snapshots.write(root, watermark, _all_chunks(client, keys), time.time())
         if previous is not None:
             # readers of the previous version still catch up from its watermark; older is unused
-            client.xtrim(keys.log, minid=previous.watermark)
-            client.set(keys.log_floor, previous.watermark)
+            client.xtrim(keys.index_log, minid=previous.watermark)
+            client.set(keys.index_log_floor, previous.watermark)
         log.info("index compacted", extra={"version": manifest.version, "chunks": manifest.chunks,
                                            "seconds": round(time.monotonic() - started, 2)})
         return asdict(manifest)
@@ -48,9 +50,9 @@ def compact(settings: Settings) -> dict:
 
 
 def _all_chunks(client: redis.Redis, keys: Keys):
-    prefix = len(keys.chunk_pattern) - 1
+    prefix = len(keys.index_chunk_prefix)
     batch: list[bytes] = []
-    for key in client.scan_iter(match=keys.chunk_pattern, count=_SCAN_PAGE):
+    for key in client.scan_iter(match=f"{keys.index_chunk_prefix}*", count=_SCAN_PAGE):
         batch.append(key)
         if len(batch) == _SCAN_PAGE:
             yield from _read(client, batch, prefix)

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import redis
 
 from ragstream.config import Settings
 from ragstream.index import snapshots
 from ragstream.index.segments import DenseSegment, SparseSegment, chunk_key
-from ragstream.index.store import Change, ChunkRecord, Keys, format_id, parse_change, stream_id
+from ragstream.index.store import Change, ChunkRecord, format_id, parse_change, stream_id
+from ragstream.stores.redis import connect_sync
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,8 @@ class IndexState:
 class IndexReplica:
     def __init__(self, settings: Settings):
         self.root = snapshots.index_dir(settings.data_dir)
-        self._keys = Keys(settings.group_prefix)
-        self._redis = redis.Redis.from_url(settings.redis_url.get_secret_value(),
-                                           socket_timeout=10, socket_connect_timeout=5)
+        self._keys = settings.keys
+        self._redis = connect_sync(settings)
         self._lock = threading.RLock()
         self._state: IndexState | None = None
         self._closed = threading.Event()
@@ -104,7 +103,7 @@ class IndexReplica:
         """The index as of now. Call it under ``lock`` and use the state while holding it."""
         with self._lock:
             live = snapshots.current(self.root)
-            floor = self._redis.get(self._keys.log_floor)
+            floor = self._redis.get(self._keys.index_log_floor)
             state = self._state
             stale = state is None or (live is not None and live.version != state.version)
             if state is not None and floor is not None and state.position < stream_id(floor):
@@ -125,7 +124,7 @@ class IndexReplica:
 
     def _catch_up(self, state: IndexState) -> None:
         while True:
-            entries = self._redis.xrange(self._keys.log, min=f"({format_id(state.position)}",
+            entries = self._redis.xrange(self._keys.index_log, min=f"({format_id(state.position)}",
                                          count=_LOG_PAGE)
             if not entries:
                 return

@@ -12,7 +12,7 @@ import threading
 from dataclasses import asdict, dataclass
 
 from ragstream.config import Settings
-from ragstream.embedders import Embedder
+from ragstream.embedders import Embedder, load_embedder
 from ragstream.index.replica import IndexReplica, IndexState
 
 
@@ -107,12 +107,12 @@ _searchers_lock = threading.Lock()
 
 def search(settings: Settings, query: str, k: int = 10, weights: FusionWeights = FusionWeights(),
            per_document: bool = False) -> list[Hit]:
-    """Search with this process's shared Searcher (the MiniLM model loads on first use)."""
-    key = (str(settings.data_dir), settings.group_prefix, settings.redis_url.get_secret_value())
+    """Search with this process's shared Searcher (the deployment's embedder, RAGSTREAM_EMBEDDER,
+    loads on first use)."""
+    key = (str(settings.data_dir), settings.group_prefix, settings.redis_url.get_secret_value(),
+           settings.embedder)
     with _searchers_lock:
         searcher = _searchers.get(key)
         if searcher is None:
-            from ragstream.embedders import MiniLMEmbedder
-
-            searcher = _searchers[key] = Searcher(settings, MiniLMEmbedder())
+            searcher = _searchers[key] = Searcher(settings, load_embedder(settings))
     return searcher.search(query, k, weights, per_document)

@@ -1,6 +1,6 @@
 """The durable side of the hybrid index, in Redis: the current chunks, and a change log.
 
-Keys (``p`` is the deployment's group prefix):
+Keys (``p`` is the deployment's group prefix; the families are named in ragstream.stores.keys):
 
 - ``p:index:chunk:<chunk id>``: a hash with the chunk's document, text, hash, model and vector;
 - ``p:index:doc:<doc id>``: the highest document version applied (older events are ignored);
@@ -88,14 +88,6 @@ class Change:
     chunk_id: str
     record: ChunkRecord | None = None
     vector: np.ndarray | None = None
-
-
-class Keys:
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-        self.log = f"{prefix}:index:log"
-        self.log_floor = f"{prefix}:index:log_floor"
-        self.chunk_pattern = f"{prefix}:index:chunk:*"
 
 
 def upsert_args(chunk_id: str, doc_id: str, doc_version: int, position: int, text: str,

@@ -10,6 +10,6 @@ COMPACT_TASK = "ragstream.index.compact"
 
 
 @exclusive_task(COMPACT_TASK)
-def compact_index() -> dict:
+def compact_index(settings: Settings) -> dict:
     """Rebuild the hybrid index as a new snapshot version and swap it in."""
-    return compact(Settings())
+    return compact(settings)

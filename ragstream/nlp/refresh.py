@@ -8,8 +8,8 @@ import asyncio
 
 from ragstream.celery_app import exclusive_task
 from ragstream.config import Settings
-from ragstream.embedders import Embedder, MiniLMEmbedder
-from ragstream.graph import GraphStore, KgSettings, open_graph_store
+from ragstream.embedders import Embedder, load_embedder
+from ragstream.graph import GraphStore, open_graph_store
 
 TASK_NAME = "ragstream.kg.refresh_gazetteer"
 
@@ -25,15 +25,15 @@ async def refresh_gazetteer(store: GraphStore, embedder: Embedder, batch: int) -
     return {"embedded": embedded, "version": await store.bump_gazetteer_version()}
 
 
-async def _refresh() -> dict[str, int]:
-    kg = KgSettings()
-    store = await open_graph_store(Settings(), kg)
+async def _refresh(settings: Settings) -> dict[str, int]:
+    store = await open_graph_store(settings)
     try:
-        return await refresh_gazetteer(store, MiniLMEmbedder(), kg.embed_batch)
+        # the deployment's embedder (RAGSTREAM_EMBEDDER), as entity linking compares against it
+        return await refresh_gazetteer(store, load_embedder(settings), settings.kg.embed_batch)
     finally:
         await store.close()
 
 
 @exclusive_task(TASK_NAME)
-def refresh_gazetteer_task() -> dict[str, int]:
-    return asyncio.run(_refresh())
+def refresh_gazetteer_task(settings: Settings) -> dict[str, int]:
+    return asyncio.run(_refresh(settings))

@@ -24,7 +24,7 @@ async def infer(body: InferIn, settings: GatewaySettings, results: InferenceResu
                              model_version=body.model_version, inputs=body.inputs,
                              priority=body.priority,
                              deadline=datetime.fromtimestamp(
-                                 time.time() + settings.gateway_infer_timeout_s, UTC))
+                                 time.time() + settings.gateway.infer_timeout_s, UTC))
     try:
         return await results.infer(req, trace)
     except TimeoutError:
