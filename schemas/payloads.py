@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.envelope import DocumentIdentifier, Identifier
 
@@ -116,6 +116,14 @@ class Tensor(Payload):
     datatype: TensorDtype
     shape: list[int] = Field(max_length=8)
     data: list[Any]
+
+    @model_validator(mode="after")
+    def _bytes_are_text(self) -> Tensor:
+        # refused at the contract, before any worker: a BYTES value of 3000000000 (10 bytes of
+        # JSON) became a 3 GB allocation, and the worker was OOM-killed on every replay
+        if self.datatype == "BYTES" and not all(isinstance(v, str) for v in self.data):
+            raise ValueError("BYTES data must be strings")
+        return self
 
 
 class InferenceRequested(Payload):

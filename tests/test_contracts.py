@@ -164,3 +164,13 @@ def test_binary_mode_data_that_is_not_json_is_refused():
                    [h for h in headers if h[0] != "content-type"] + [("content-type",
                                                                       content_type)])
         assert err.value.reason == reason
+
+
+def test_an_inference_request_with_a_number_for_text_is_refused_at_the_contract():
+    from testing.inference_requests import request
+
+    raw = json.loads(encode(request("minilm", {"text": ("BYTES", [1], ["hi"])})).value)
+    raw["data"]["inputs"][0]["data"] = [3_000_000_000]
+    with pytest.raises(DecodeError) as err:
+        decode(topic("inference.requests.v1"), json.dumps(raw).encode(), LIMIT)
+    assert err.value.reason == "invalid_payload" and "BYTES data must be strings" in str(err.value)

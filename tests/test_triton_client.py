@@ -78,6 +78,17 @@ def test_to_numpy_refuses_values_that_do_not_fit_the_dtype():
         to_numpy("FP32", ["x"], (1,))
 
 
+def test_a_bytes_input_holding_a_number_is_refused_before_anything_is_allocated():
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for hostile in ([3_000_000_000], [10**12], [[1] * 3], [None], [True]):
+        with pytest.raises(ValueError, match="BYTES data must be strings"):
+            to_numpy("BYTES", hostile, (1,))
+    # bytes(3000000000) would have taken three gigabytes; the peak did not move by one
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1 << 20  # KiB
+
+
 def test_errors_are_sorted_by_status_code_never_by_their_text():
     # the status is what tritonclient puts there: str(grpc.StatusCode) or the HTTP status
     assert isinstance(classify(InferenceServerException("down", "StatusCode.UNAVAILABLE")),

@@ -204,8 +204,11 @@ def to_numpy(datatype: str, data: list, shape: tuple[int, ...]) -> np.ndarray:
     if len(data) != n:
         raise ValueError(f"{len(data)} values for shape {list(shape)} (needs {n})")
     if datatype == "BYTES":
-        values = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in data]
-        return np.array(values, dtype=np.object_).reshape(shape)
+        # text only: ``bytes(3000000000)`` is three gigabytes of zeros, and a 10-byte request
+        # got the worker OOM-killed before it could commit, again on every replay
+        if not all(isinstance(v, str) for v in data):
+            raise ValueError("BYTES data must be strings")
+        return np.array([v.encode("utf-8") for v in data], dtype=np.object_).reshape(shape)
     dtype = triton_to_np_dtype(datatype)
     if dtype is None:
         raise ValueError(f"unknown datatype {datatype}")
