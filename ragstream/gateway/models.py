@@ -7,10 +7,13 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import BaseModel, Field
 
+from schemas.envelope import DERIVED_SUFFIX_CHARS, MAX_ID_CHARS
 from schemas.payloads import DocumentMetadata, DocumentText, DocumentTitle, Tensor
 
 MAX_EVENTS_PER_REQUEST = 1000
-DocId = Annotated[str, Path(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# the documents.v1 contract's own limit: a longer id was a 500 when the event was built
+DocId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS - DERIVED_SUFFIX_CHARS,
+                            pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class EventsIn(BaseModel):
