@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiokafka
@@ -14,6 +17,22 @@ from ragstream.runner import running  # noqa: F401  (the suites import it from h
 from ragstream.stack import ManagedProcess, worker_process
 from ragstream.transport.base import Record
 from ragstream.transport.kafka import connection_options
+
+
+@contextlib.contextmanager
+def json_logs(name: str) -> Iterator[io.StringIO]:
+    """What logger ``name`` writes through ragstream's JSON formatter, while the block runs."""
+    from ragstream import logs
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.2,

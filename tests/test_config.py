@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from ragstream import logs
+from tests.helpers import json_logs
 from ragstream.config import Settings, secret_values
 
 
@@ -24,16 +24,10 @@ def test_secret_files_and_redaction(tmp_path, monkeypatch):
     assert settings.neo4j_password.get_secret_value() == "s3cr3t-from-file"
     assert "s3cr3t" not in repr(settings) and "hunter2pw" not in repr(settings)
 
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.JsonFormatter())
-    logger = logging.getLogger("test.redaction")
-    logger.addHandler(handler)
-    try:
-        logger.warning("connecting with %s to %s", "s3cr3t-from-file",
-                       settings.redis_url.get_secret_value(), extra={"dsn": "pw=hunter2pw"})
-    finally:
-        logger.removeHandler(handler)
+    with json_logs("test.redaction") as stream:
+        logging.getLogger("test.redaction").warning(
+            "connecting with %s to %s", "s3cr3t-from-file",
+            settings.redis_url.get_secret_value(), extra={"dsn": "pw=hunter2pw"})
     line = stream.getvalue()
     assert "s3cr3t" not in line and "hunter2pw" not in line
     assert logs.REDACTED in line

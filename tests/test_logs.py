@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 
@@ -10,6 +9,7 @@ import pytest
 
 from ragstream import logs
 from ragstream.config import Settings
+from tests.helpers import json_logs
 
 
 @pytest.mark.parametrize("password", ['pa"ss', "back\\slash", "pässwörd-ü", "tab\there",
@@ -17,12 +17,8 @@ from ragstream.config import Settings
 def test_a_secret_with_escaped_characters_is_redacted(password, monkeypatch):
     monkeypatch.setenv("RAGSTREAM_NEO4J_PASSWORD", password)
     Settings()
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.JsonFormatter())
     logger = logging.getLogger("test.redaction.escaped")
-    logger.addHandler(handler)
-    try:
+    with json_logs(logger.name) as stream:
         logger.warning("login with %s failed", password,
                        extra={"error": repr(ConnectionError(f"auth {password!r} refused")),
                               "nested": {"args": [password]}, "obj": ValueError(password)})
@@ -30,8 +26,6 @@ def test_a_secret_with_escaped_characters_is_redacted(password, monkeypatch):
             raise RuntimeError(f"driver said: {password!r}")
         except RuntimeError:
             logger.exception("and again")
-    finally:
-        logger.removeHandler(handler)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2
     for line in lines:
