@@ -8,7 +8,7 @@ from fastapi import Path
 from pydantic import BaseModel, Field
 
 from schemas.envelope import DERIVED_SUFFIX_CHARS, MAX_ID_CHARS
-from schemas.payloads import DocumentMetadata, DocumentText, DocumentTitle, Tensor
+from schemas.payloads import DocumentMetadata, DocumentText, DocumentTitle, Tensor, Version
 
 MAX_EVENTS_PER_REQUEST = 1000
 # the documents.v1 contract's own limit: a longer id was a 500 when the event was built
@@ -37,7 +37,7 @@ class EventsOut(BaseModel):
 class DocumentIn(BaseModel):
     text: DocumentText
     title: DocumentTitle = ""
-    version: int = Field(ge=0)
+    version: Version
     metadata: DocumentMetadata = Field(default_factory=dict)
 
 

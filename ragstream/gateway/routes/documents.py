@@ -10,6 +10,7 @@ from producers.events import document_deleted, document_upserted
 from ragstream.gateway.dependencies import (Caller, EventPublisher, GatewayState, Trace, charge,
                                             kib, require)
 from ragstream.gateway.models import Accepted, DocId, DocumentIn
+from schemas.payloads import MAX_VERSION
 
 router = APIRouter(tags=["publish"], dependencies=[require("publish")])
 
@@ -29,7 +30,7 @@ async def put_document(doc_id: DocId, body: DocumentIn, gateway: GatewayState,
 
 
 @router.delete("/v1/documents/{doc_id}", response_model=Accepted, status_code=202)
-async def delete_document(doc_id: DocId, version: Annotated[int, Query(ge=0)],
+async def delete_document(doc_id: DocId, version: Annotated[int, Query(ge=0, le=MAX_VERSION)],
                           gateway: GatewayState, publisher: EventPublisher) -> Accepted:
     envelope = document_deleted(doc_id, version=version, source="ragstream/gateway")
     await publisher.publish([envelope])
