@@ -172,6 +172,8 @@ class Settings(BaseSettings):
 
     # runtime
     max_event_bytes: int = Field(default=MAX_EVENT_BYTES, ge=1024)
+    # the CloudEvents content mode of what ragstream writes; both are read on every input topic
+    cloudevents_mode: Literal["structured", "binary"] = "structured"
     batch_max_records: int = Field(default=500, ge=1)
     batch_timeout_ms: int = Field(default=200, ge=1)
     max_attempts: int = Field(default=3, ge=1)

@@ -9,6 +9,7 @@ from ragstream import tracing
 from ragstream.config import Settings
 from ragstream.transport import make_producer
 from ragstream.transport.base import OutMessage, Producer
+from schemas import cloudevents
 from schemas.catalogue import TOPICS, DecodeError, topic, validate
 from schemas.envelope import Envelope
 
@@ -22,15 +23,16 @@ def topic_for(event_type: str) -> str:
         raise DecodeError("unknown_type", f"no topic carries {event_type!r}") from None
 
 
-def encode(envelope: Envelope, topic_name: str | None = None,
-           max_bytes: int | None = None) -> OutMessage:
-    """Validate an envelope for its topic and turn it into a keyed message, or raise DecodeError."""
+def encode(envelope: Envelope, topic_name: str | None = None, max_bytes: int | None = None,
+           mode: cloudevents.Mode = "structured") -> OutMessage:
+    """Validate an envelope for its topic and turn it into a keyed message in the CloudEvents
+    content ``mode``, or raise DecodeError."""
     name = topic_name or topic_for(envelope.type)
     validate(topic(name), envelope)
-    value = envelope.model_dump_json(exclude_none=True).encode()
+    value, headers = cloudevents.encode(envelope, mode)
     if max_bytes is not None and len(value) > max_bytes:
         raise DecodeError("oversized", f"{len(value)} bytes is over the {max_bytes}-byte limit")
-    return OutMessage(name, envelope.subject.encode(), value, envelope.binding_headers())
+    return OutMessage(name, envelope.subject.encode(), value, headers)
 
 
 class Publisher:
@@ -49,7 +51,8 @@ class Publisher:
 
     async def publish(self, envelopes: Iterable[Envelope], topic_name: str | None = None) -> int:
         """Validate every envelope first; publish all or none of them. Returns the count sent."""
-        messages = [encode(e, topic_name, self.settings.max_event_bytes) for e in envelopes]
+        messages = [encode(e, topic_name, self.settings.max_event_bytes,
+                           self.settings.cloudevents_mode) for e in envelopes]
         with tracing.publishing(messages) if tracing.ENABLED else nullcontext(messages) as messages:
             await self._producer.send_all(messages)
         return len(messages)

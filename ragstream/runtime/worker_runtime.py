@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
 from ragstream import tracing
+from ragstream.backoff import backoff_s
 from ragstream.config import Settings
 from ragstream.context import WorkerContext
 from ragstream.errors import CommitLost, unavailable_types
@@ -32,8 +33,8 @@ from ragstream.metrics import HealthServer, RuntimeMetrics, WorkerSeries
 from ragstream.runtime.batch import Batch, DeadLetter, Event, Worker, check_sinks
 from ragstream.runtime.isolation import Isolation
 from ragstream.runtime.partitions import Partitions
-from ragstream.backoff import backoff_s
 from ragstream.transport.base import Consumer, OutMessage, Producer, Record, TopicPartition
+from schemas import cloudevents
 from schemas.catalogue import DecodeError, decode, topic
 
 log = logging.getLogger(__name__)
@@ -234,8 +235,13 @@ class WorkerRuntime:
         return events
 
     async def _publish(self, emitted, dead: list[DeadLetter], trace) -> None:
-        messages = [OutMessage(t, env.subject.encode(), env.model_dump_json().encode(),
-                               env.binding_headers()) for t, env in emitted]
+        mode = self.settings.cloudevents_mode
+        if mode == "structured":  # the common case, without a call per message
+            messages = [OutMessage(t, env.subject.encode(), env.model_dump_json().encode(),
+                                   env.binding_headers()) for t, env in emitted]
+        else:
+            messages = [OutMessage(t, env.subject.encode(), *cloudevents.encode(env, mode))
+                        for t, env in emitted]
         if trace is not None:
             messages = trace.publish(messages)
         messages += [d.to_message(self.worker.name, self._dead_letter_max) for d in dead]
