@@ -27,16 +27,13 @@ from prometheus_client import Counter
 
 from ragstream.chunking import Chunk, Chunker
 from ragstream.embedders import Embedder, load_embedder
+from ragstream.embedding_cache import cache_namespace_key
 from ragstream.runtime import Batch, Event, Sink, Worker, WorkerContext
 from ragstream.stores.redis import connect
 from schemas.catalogue import CHUNK_EMBEDDED, CHUNKS_DELETED
 from schemas.payloads import ChunkEmbedded, ChunksDeleted, DocumentDeleted, DocumentUpserted
 
 OUT_TOPIC = "chunks.embedded.v1"
-
-
-def cache_namespace_key(prefix: str) -> str:
-    return f"{prefix}:embedding:namespace"
 
 
 @dataclass

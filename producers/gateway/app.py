@@ -26,8 +26,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client import generate_latest
 from pydantic import BaseModel, Field
 
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
-
 from producers.events import document_deleted, document_upserted
 from producers.gateway.auth import ApiKey, KeyStore
 from producers.gateway.ratelimit import RateLimiter
@@ -35,10 +33,11 @@ from producers.publisher import Publisher, encode, topic_for
 from ragstream import tracing
 from ragstream.config import Settings
 from ragstream.metrics import LATENCY_BUCKETS
-from ragstream.errors import SinkUnavailable
+from ragstream.errors import SinkUnavailable, TransportUnavailable
 from ragstream.stores.redis import connect
+from ragstream.transport import open_reader
 from ragstream.transport.base import OutMessage
-from schemas.catalogue import INFERENCE_REQUESTED, TOPICS, DecodeError
+from schemas.catalogue import INFERENCE_REQUESTED, TOPICS, DecodeError, decode
 from schemas.envelope import Envelope
 from schemas.payloads import DocumentMetadata, DocumentText, DocumentTitle
 from schemas.payloads import InferenceCompleted, InferenceRequested, Tensor
@@ -148,6 +147,7 @@ class Gateway:
         self._models_lock = asyncio.Lock()
         self._pending: dict[str, asyncio.Future] = {}
         self._results_task: asyncio.Task | None = None
+        self._results_ready = asyncio.Event()  # set while the router reads inference results
 
     async def start(self) -> None:
         tracing.configure_from_env("ragstream-gateway")
@@ -189,17 +189,23 @@ class Gateway:
 
     async def _route_results(self) -> None:
         """Hand each inference result to the request waiting for its correlation id."""
-        from producers.subscribe import subscribe
-
+        spec = TOPICS["inference.results.v1"]
         while True:
-            try:
-                async for envelope, _ in subscribe(self.settings, "inference.results.v1"):
-                    future = self._pending.pop(envelope.data.correlation_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(envelope.data)
+            try:  # no group: every gateway replica sees every result, from now on
+                async with open_reader(self.settings, [spec.name]) as reader:
+                    self._results_ready.set()
+                    async for record in reader:
+                        try:
+                            result = decode(spec, record.value, self.settings.max_event_bytes)
+                        except DecodeError:
+                            continue  # the worker dead-letters what it cannot read
+                        future = self._pending.pop(result.data.correlation_id, None)
+                        if future is not None and not future.done():
+                            future.set_result(result.data)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the broker went away: keep trying, requests time out
+                self._results_ready.clear()
                 log.warning("inference results stream failed; retrying",
                             extra={"error": repr(exc)[:300]})
                 await asyncio.sleep(1)
@@ -211,8 +217,11 @@ class Gateway:
                             subject=request.correlation_id, traceparent=trace,
                             data=request.model_dump(mode="json"))
         try:
-            await self.publisher.publish([envelope])
-            return await asyncio.wait_for(future, self.settings.gateway_infer_timeout_s)
+            async with asyncio.timeout(self.settings.gateway_infer_timeout_s):
+                # a result that arrives before the router reads is lost: wait for the router
+                await self._results_ready.wait()
+                await self.publisher.publish([envelope])
+                return await future
         finally:
             self._pending.pop(request.correlation_id, None)
 
@@ -270,8 +279,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(SinkUnavailable)
-    @app.exception_handler(KafkaConnectionError)
-    @app.exception_handler(KafkaTimeoutError)
+    @app.exception_handler(TransportUnavailable)
     @app.exception_handler(ConnectionError)
     async def broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("broker unavailable", extra={"error": repr(exc)[:300]})
