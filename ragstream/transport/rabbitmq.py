@@ -492,8 +492,8 @@ async def ensure_topics(settings: Settings, names: Sequence[str],
 
 
 def tap_queue(settings: Settings, topic: str, name: str) -> kombu.Queue:
-    """A queue that keeps everything published to ``topic`` from now on (for readers such as
-    ``ragstream tail`` and tests). RabbitMQ drops what no queue is bound to when it arrives."""
+    """A queue that keeps everything published to ``topic`` from now on (the tests' ``Tap``).
+    RabbitMQ drops what no queue is bound to when it arrives."""
     return kombu.Queue(f"{settings.rabbitmq_namespace}.tap.{name}.{topic}",
                        _exchange(settings, topic), routing_key=topic, durable=True,
                        queue_arguments={"x-queue-type": "quorum"})
