@@ -289,3 +289,28 @@ async def test_infer_round_trips_through_the_worker(transport_env, transport_top
     # each answer is its own request's: the texts differ, so the vectors do
     vectors = [tuple(r.json()["outputs"][0]["data"][:8]) for r in answers]
     assert len(set(vectors)) == 3
+
+
+async def test_infer_answers_at_once_while_results_cannot_be_read():
+    """A broker the result router cannot reach is a 503 (TransportUnavailable) at once, not a
+    504 after the timeout."""
+    from producers.gateway.app import Gateway
+    from ragstream.errors import TransportUnavailable
+    from schemas.payloads import InferenceRequested, Tensor
+
+    unreachable = Settings(transport="rabbitmq", rabbitmq_url="amqp://guest:guest@127.0.0.1:9//",
+                           gateway_infer_timeout_s=30)
+    gateway = Gateway(unreachable)
+    router = asyncio.create_task(gateway._route_results())
+    try:
+        async with asyncio.timeout(10):
+            while gateway._results_failure is None:
+                await asyncio.sleep(0.05)
+        request = InferenceRequested(correlation_id="c1", model="minilm", inputs=[
+            Tensor(name="text", datatype="BYTES", shape=[1], data=["hello"])])
+        async with asyncio.timeout(2):
+            with pytest.raises(TransportUnavailable, match="RabbitMQ unreachable"):
+                await gateway.infer(request, "")
+        assert gateway._pending == {}
+    finally:
+        router.cancel()

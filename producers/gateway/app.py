@@ -148,6 +148,7 @@ class Gateway:
         self._pending: dict[str, asyncio.Future] = {}
         self._results_task: asyncio.Task | None = None
         self._results_ready = asyncio.Event()  # set while the router reads inference results
+        self._results_failure: Exception | None = None  # why the router is not reading now
 
     async def start(self) -> None:
         tracing.configure_from_env("ragstream-gateway")
@@ -193,6 +194,7 @@ class Gateway:
         while True:
             try:  # no group: every gateway replica sees every result, from now on
                 async with open_reader(self.settings, [spec.name]) as reader:
+                    self._results_failure = None
                     self._results_ready.set()
                     async for record in reader:
                         try:
@@ -204,13 +206,16 @@ class Gateway:
                             future.set_result(result.data)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the broker went away: keep trying, requests time out
+            except Exception as exc:  # the broker went away: keep trying; requests get 503
                 self._results_ready.clear()
+                self._results_failure = exc
                 log.warning("inference results stream failed; retrying",
                             extra={"error": repr(exc)[:300]})
                 await asyncio.sleep(1)
 
     async def infer(self, request: InferenceRequested, trace: str) -> InferenceCompleted:
+        if self._results_failure is not None:  # a 503 now, not a 504 after the timeout
+            raise TransportUnavailable(f"inference results: {self._results_failure!r}")
         future = asyncio.get_running_loop().create_future()
         self._pending[request.correlation_id] = future
         envelope = Envelope(type=INFERENCE_REQUESTED, source="ragstream/gateway",

@@ -38,6 +38,17 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+@contextlib.contextmanager
+def _typed_errors(what: str) -> Iterator[None]:
+    """aiokafka's errors as the core's, so nothing above the transport imports aiokafka."""
+    try:
+        yield
+    except CommitFailedError as exc:
+        raise CommitLost(str(exc)) from exc
+    except (KafkaConnectionError, KafkaTimeoutError) as exc:
+        raise TransportUnavailable(f"kafka {what}: {exc!r}") from exc
+
+
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback):
         self._on_revoked, self._on_assigned = on_revoked, on_assigned
@@ -103,13 +114,9 @@ class KafkaConsumer:
         self._consumer.seek(KafkaTP(*tp), offset)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        try:
+        with _typed_errors("commit"):
             await self._consumer.commit({KafkaTP(*tp): OffsetAndMetadata(off, "")
                                          for tp, off in offsets.items()})
-        except CommitFailedError as exc:
-            raise CommitLost(str(exc)) from exc
-        except (KafkaConnectionError, KafkaTimeoutError) as exc:
-            raise TransportUnavailable(f"kafka commit: {exc!r}") from exc
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return self._consumer.highwater(KafkaTP(*tp))
@@ -133,26 +140,13 @@ class KafkaProducer:
         await self._producer.stop()
 
     async def send_all(self, messages: Sequence[OutMessage]) -> None:
-        try:
+        with _typed_errors("produce"):
             futures = [
                 await self._producer.send(m.topic, m.value, key=m.key, headers=m.headers or None)
                 for m in messages
             ]
             if futures:
                 await asyncio.gather(*futures)
-        except (KafkaConnectionError, KafkaTimeoutError) as exc:
-            raise TransportUnavailable(f"kafka produce: {exc!r}") from exc
-
-
-@contextlib.contextmanager
-def _typed_errors(what: str) -> Iterator[None]:
-    """aiokafka's errors as the core's: the reader's users import no client library."""
-    try:
-        yield
-    except CommitFailedError as exc:
-        raise CommitLost(str(exc)) from exc
-    except (KafkaConnectionError, KafkaTimeoutError) as exc:
-        raise TransportUnavailable(f"kafka {what}: {exc!r}") from exc
 
 
 class KafkaReader(Reader):
