@@ -3,16 +3,10 @@ unchanged."""
 
 from __future__ import annotations
 
-import asyncio
-
-import aiokafka
-import kombu
-from aiokafka.structs import OffsetAndMetadata, TopicPartition
-
 from ragstream.publisher import Publisher
 from ragstream.config import Settings
+from ragstream.transport import open_reader
 from ragstream.transport.base import OutMessage, Record
-from ragstream.transport.kafka import connection_options
 from schemas.catalogue import DLQ_SUFFIX
 
 
@@ -32,88 +26,40 @@ async def replay(settings: Settings, dlq_topic: str, *, reason: str | None = Non
 
     A consumer group per topic and reason filter remembers how far replay got, so running it
     again replays only newer dead letters. Dead letters a filter passes over stay available to
-    other filters. Nothing past ``limit`` is committed."""
+    other filters. Nothing past ``limit`` is committed. On RabbitMQ the group reads the
+    dead-letter queue itself, where a commit consumes: passed-over letters go back to the end
+    of the queue."""
     if not dlq_topic.endswith(DLQ_SUFFIX):
         raise ValueError(f"{dlq_topic!r} is not a dead-letter topic (they end in {DLQ_SUFFIX})")
-    if settings.transport == "rabbitmq":
-        return await asyncio.to_thread(_replay_rabbitmq, settings, dlq_topic, reason, limit)
     group = settings.group_id(f"dlq-replay.{dlq_topic}.{reason or 'all'}")
-    consumer = aiokafka.AIOKafkaConsumer(
-        dlq_topic, **connection_options(settings), group_id=group,
-        enable_auto_commit=False, auto_offset_reset="earliest",
-    )
     replayed = passed = 0
-    await consumer.start()
-    try:
-        async with Publisher(settings) as pub:
-            while not limit or replayed < limit:
-                batches = await consumer.getmany(timeout_ms=idle_ms, max_records=500)
-                if not batches:
-                    break
-                out, handled = [], {}
-                for tp, msgs in batches.items():
-                    for m in msgs:
-                        if limit and replayed + len(out) >= limit:
-                            break
-                        handled[tp] = m.offset + 1
-                        headers = dict(m.headers or ())
-                        if reason and headers.get("x-error-reason", b"").decode() != reason:
-                            passed += 1
-                            continue
-                        out.append(OutMessage(headers["x-original-topic"].decode(), m.key,
-                                              m.value, _replayed(headers)))
-                await pub.send_raw(out)
-                await consumer.commit({TopicPartition(tp.topic, tp.partition):
-                                       OffsetAndMetadata(off, "") for tp, off in handled.items()})
-                replayed += len(out)
-    finally:
-        await consumer.stop()
+    async with open_reader(settings, [dlq_topic], group=group, from_beginning=True) as reader, \
+            Publisher(settings) as pub:
+        ends = await reader.end_offsets()
+        while not await reader.caught_up(ends) and (not limit or replayed < limit):
+            # at most what the limit leaves: every record handed out is handled and committed
+            batch = await reader.getmany(idle_ms, min(500, limit - replayed) if limit else 500)
+            if not batch:
+                break
+            out = []
+            for record in batch:
+                headers = dict(record.headers)
+                if reason and headers.get("x-error-reason", b"").decode() != reason:
+                    passed += 1
+                    if not reader.replayable:
+                        out.append(OutMessage(dlq_topic, record.key, record.value,
+                                              list(record.headers)))
+                    continue
+                out.append(OutMessage(headers["x-original-topic"].decode(), record.key,
+                                      record.value, _replayed(headers)))
+                replayed += 1
+            await pub.send_raw(out)
+            await reader.commit()
     return replayed, passed
 
 
-def _replayed(headers: dict, drop: str = "") -> list[tuple[str, bytes]]:
+def _replayed(headers: dict[str, bytes]) -> list[tuple[str, bytes]]:
     """The original headers without the dead-letter ones, counting this replay."""
     count = int(headers.get("x-replay-count", 0)) + 1
-    kept = [(k, v.encode("latin-1") if isinstance(v, str) else v) for k, v in headers.items()
-            if not k.startswith("x-") and k != drop]
+    kept = [(k, v) for k, v in headers.items() if not k.startswith("x-")]
     return kept + [("x-replay-count", str(count).encode())]
-
-
-def _replay_rabbitmq(settings: Settings, dlq_topic: str, reason: str | None,
-                     limit: int) -> tuple[int, int]:
-    """RabbitMQ keeps dead letters in a queue: take what it holds now, once each. Replayed ones go
-    back to their topic; ones the reason filter passes over go to the back of the queue."""
-    from ragstream.transport.rabbitmq import KEY_HEADER, _exchange, dead_letter_queue
-
-    replayed = passed = 0
-    with kombu.Connection(settings.rabbitmq_url.get_secret_value(),
-                          transport_options={"confirm_publish": True}) as conn:
-        channel = conn.default_channel
-        queue = dead_letter_queue(settings, dlq_topic).bind(channel)
-        _, waiting, _ = queue.queue_declare(passive=True)
-        producer = kombu.Producer(channel)
-        for _ in range(waiting):
-            if limit and replayed >= limit:
-                break
-            message = queue.get(no_ack=False, accept=None)
-            if message is None:
-                break
-            headers = dict(message.headers or {})
-            error_reason = headers.get("x-error-reason", "")
-            error_reason = error_reason.decode() if isinstance(error_reason, bytes) else error_reason
-            if reason and error_reason != reason:
-                target, routing_headers = dlq_topic, headers  # unchanged, to the back
-                passed += 1
-            else:
-                original = headers.get("x-original-topic")
-                target = original.decode() if isinstance(original, bytes) else original
-                routing_headers = {k: v.decode("latin-1")
-                                   for k, v in _replayed(headers, drop=KEY_HEADER)}
-                if KEY_HEADER in headers:
-                    routing_headers[KEY_HEADER] = headers[KEY_HEADER]
-                replayed += 1
-            producer.publish(message.body, exchange=_exchange(settings, target),
-                             routing_key=target, headers=routing_headers, delivery_mode=2,
-                             content_type="application/json", content_encoding="binary")
-            message.ack()  # only after the broker confirmed the copy
-    return replayed, passed

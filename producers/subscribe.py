@@ -5,9 +5,10 @@
 
 Envelopes are typed: ``envelope.data`` is the topic's payload model. With a group, what a batch
 handed out is committed when the next batch is asked for: at-least-once, so dedupe on
-``envelope.id``. On Kafka, without a group, it reads every partition from the end (or the
-beginning) and commits nothing. On RabbitMQ a group is required: a durable queue per group keeps
-the events while the subscriber is away, and only what arrives after the queue exists.
+``envelope.id``. Without a group it reads from the end (or the beginning) and commits nothing.
+On RabbitMQ only a group's durable queue keeps events while the subscriber is away, and only
+what arrived after the queue existed; a groupless reader sees events from now on
+(docs/transports.md).
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-import aiokafka
-
 from ragstream.config import Settings
-from ragstream.transport.base import Record, TopicPartition
-from ragstream.transport.kafka import connection_options
+from ragstream.transport import open_reader
+from ragstream.transport.base import Record
 from schemas.catalogue import DecodeError, decode, topic
 from schemas.envelope import Envelope
 
@@ -47,49 +46,10 @@ async def subscribe(settings: Settings, topic_name: str, *, group: str | None = 
 async def records(settings: Settings, topic_name: str, group: str | None = None,
                   from_beginning: bool = False) -> AsyncIterator[Record]:
     """A topic's raw records, undecoded (dead-letter topics hold bytes that may not decode)."""
-    if settings.transport == "rabbitmq":
-        if group is None:
-            raise ValueError("on RabbitMQ a subscriber needs a group: only a bound queue keeps "
-                             "events for it")
-        async for record in _rabbitmq_records(settings, topic_name, group):
+    async with open_reader(settings, [topic_name], group=group,
+                           from_beginning=from_beginning) as reader:
+        async for record in reader:
             yield record
-        return
-    consumer = aiokafka.AIOKafkaConsumer(
-        topic_name, **connection_options(settings), group_id=group, enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-    )
-    await consumer.start()
-    try:
-        while True:
-            batches = await consumer.getmany(timeout_ms=500)
-            for msgs in batches.values():
-                for m in msgs:
-                    yield Record(m.topic, m.partition, m.offset, m.key, m.value or b"",
-                                 list(m.headers or ()), m.timestamp)
-            if group is not None and batches:
-                await consumer.commit()
-    finally:
-        await consumer.stop()
-
-
-async def _rabbitmq_records(settings: Settings, topic_name: str,
-                            group: str) -> AsyncIterator[Record]:
-    from ragstream.transport.rabbitmq import RabbitConsumer
-
-    async def nothing(_: set[TopicPartition]) -> None:
-        return None
-
-    consumer = RabbitConsumer(settings, [topic_name], group, nothing, nothing)
-    await consumer.start()
-    try:
-        while True:
-            records = await consumer.getmany(500, settings.batch_max_records)
-            for record in records:
-                yield record
-            if records:
-                await consumer.commit({records[0].tp: records[-1].offset + 1})
-    finally:
-        await consumer.stop()
 
 
 @dataclass(frozen=True)

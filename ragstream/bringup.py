@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from producers.reembed import reembed_group
 from ragstream.config import Settings
 from ragstream.stack import embedded_services
 from ragstream.supervisor import Supervisor
@@ -44,7 +45,8 @@ def running_stack(names: Sequence[str], data_dir: Path, *, triton: bool = False,
     with embedded_services(data_dir) as services, _triton(triton, data_dir, services.env, say):
         cfg = Settings.from_env(services.env)
         asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions,
-                                  consumer_groups(list(names), cfg.group_id)))
+                                  consumer_groups(list(names), cfg.group_id)
+                                  | reembed_group(cfg)))
         supervisor = Supervisor(list(names), services.env, data_dir)
         supervisor.start()
         if announce:

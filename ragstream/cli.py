@@ -314,12 +314,13 @@ def topics(
     if create:
         from ragstream.transport import ensure_topics
 
+        from producers.reembed import reembed_group
         from workers import DEFAULT_STACK, consumer_groups
 
         cfg = settings()
         names = [w.strip() for w in workers.split(",") if w.strip()] or list(DEFAULT_STACK)
         asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions,
-                                  consumer_groups(names, cfg.group_id)))
+                                  consumer_groups(names, cfg.group_id) | reembed_group(cfg)))
 
 
 # retrieval --------------------------------------------------------------------------------------

@@ -309,18 +309,19 @@ class Run:
 
     async def send(self, messages: list[tuple[str, bytes | None, bytes]]) -> None:
         """(topic, key, value) as they are, in order; big messages allowed (hostile input)."""
-        import aiokafka
+        from ragstream.transport import make_producer
+        from ragstream.transport.base import OutMessage
 
-        from ragstream.transport.kafka import connection_options
-
-        producer = aiokafka.AIOKafkaProducer(**connection_options(self.settings), acks="all",
-                                             linger_ms=5, max_request_size=BIG_MESSAGE_BYTES)
+        producer = make_producer(self._big_messages())
         await producer.start()
         try:
-            futures = [await producer.send(t, v, key=k) for t, k, v in messages]
-            await asyncio.gather(*futures)
+            await producer.send_all([OutMessage(t, k, v) for t, k, v in messages])
         finally:
             await producer.stop()
+
+    def _big_messages(self) -> Settings:
+        """The settings, with room for the hostile input's biggest messages."""
+        return self.settings.model_copy(update={"max_event_bytes": BIG_MESSAGE_BYTES})
 
     # workers -----------------------------------------------------------------------------------
 
@@ -367,36 +368,20 @@ class Run:
 
     async def group_lag(self) -> dict[str, tuple[int, int]]:
         """(committed, end) of every pipeline group, summed over the topics it reads."""
-        import aiokafka
-        from aiokafka.admin import AIOKafkaAdminClient
-        from aiokafka.structs import TopicPartition
-
-        from ragstream.transport.kafka import connection_options
+        from ragstream.transport import open_reader
+        from ragstream.transport.kafka import committed_offsets
         from workers import load
 
-        opts = connection_options(self.settings)
-        admin = AIOKafkaAdminClient(**opts)
-        consumer = aiokafka.AIOKafkaConsumer(**opts, group_id=None)
-        await admin.start()
-        await consumer.start()
-        try:
-            out = {}
-            for name in PIPELINE:
-                committed = end = 0
-                tps = [TopicPartition(t, p) for t in load(name).consumes for p in range(PARTITIONS)]
-                ends = await consumer.end_offsets(tps)
-                offsets = await admin.list_consumer_group_offsets(self.settings.group_id(name),
-                                                                  partitions=tps)
-                for tp in tps:
-                    e = ends.get(tp, 0)
-                    c = offsets[tp].offset if tp in offsets and offsets[tp].offset >= 0 else 0
-                    committed += min(c, e)
-                    end += e
-                out[name] = (committed, end)
-            return out
-        finally:
-            await consumer.stop()
-            await admin.close()
+        out = {}
+        async with open_reader(self.settings, sorted({t for name in PIPELINE
+                                                      for t in load(name).consumes})) as reader:
+            ends = await reader.end_offsets()
+        for name in PIPELINE:
+            tps = [tp for tp in ends if tp.topic in load(name).consumes]
+            offsets = await committed_offsets(self.settings, self.settings.group_id(name), tps)
+            out[name] = (sum(min(offsets[tp], ends[tp]) for tp in tps),
+                         sum(ends[tp] for tp in tps))
+        return out
 
     async def progress(self) -> dict[str, float]:
         """Each group's committed fraction of its input, and their mean under "all"."""
@@ -513,31 +498,23 @@ class Run:
     async def _count_dead_letters(self) -> None:
         """Dead letters, distinct by (worker, original topic, partition, offset): a replay after
         a kill may dead-letter an event twice, which is at-least-once, not a second failure."""
-        import aiokafka
-
-        from ragstream.transport.kafka import connection_options
+        from ragstream.transport import open_reader
         from schemas.catalogue import TOPICS
 
-        consumer = aiokafka.AIOKafkaConsumer(
-            *[s.dlq for s in TOPICS.values()], **connection_options(self.settings),
-            group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
-            max_partition_fetch_bytes=BIG_MESSAGE_BYTES, fetch_max_bytes=BIG_MESSAGE_BYTES * 2)
-        await consumer.start()
         seen, records, unreasoned = set(), 0, 0
-        try:
+        async with open_reader(self._big_messages(), [s.dlq for s in TOPICS.values()],
+                               from_beginning=True) as reader:
+            ends = await reader.end_offsets()
             idle_until = time.monotonic() + 3
-            while time.monotonic() < idle_until:
-                for msgs in (await consumer.getmany(timeout_ms=500)).values():
+            while time.monotonic() < idle_until and not await reader.caught_up(ends):
+                for m in await reader.getmany(500, 500):
                     idle_until = time.monotonic() + 3
-                    for m in msgs:
-                        h = dict(m.headers or ())
-                        records += 1
-                        if not h.get("x-error-reason") or not h.get("x-error-message"):
-                            unreasoned += 1
-                        seen.add((h.get("x-worker"), h.get("x-original-topic"),
-                                  h.get("x-original-partition"), h.get("x-original-offset")))
-        finally:
-            await consumer.stop()
+                    h = dict(m.headers)
+                    records += 1
+                    if not h.get("x-error-reason") or not h.get("x-error-message"):
+                        unreasoned += 1
+                    seen.add((h.get("x-worker"), h.get("x-original-topic"),
+                              h.get("x-original-partition"), h.get("x-original-offset")))
         self.result.dlq_actual, self.result.dlq_records = len(seen), records
         self.result.dlq_without_reason = unreasoned
 

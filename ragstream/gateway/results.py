@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import logging
 
-from ragstream.publisher import Publisher
 from ragstream.config import Settings
-from schemas.catalogue import INFERENCE_REQUESTED
+from ragstream.errors import TransportUnavailable
+from ragstream.publisher import Publisher
+from ragstream.transport import open_reader
+from schemas.catalogue import INFERENCE_REQUESTED, TOPICS, DecodeError, decode
 from schemas.envelope import Envelope
 from schemas.payloads import InferenceCompleted, InferenceRequested
 
@@ -25,6 +27,8 @@ class ResultRouter:
         self.publisher = publisher
         self._pending: dict[str, asyncio.Future] = {}
         self._results_task: asyncio.Task | None = None
+        self._ready = asyncio.Event()  # set while the router reads inference results
+        self._failure: Exception | None = None  # why the router is not reading now
 
     def start(self) -> None:
         self._results_task = asyncio.create_task(self._route_results())
@@ -36,30 +40,46 @@ class ResultRouter:
                 await self._results_task
 
     async def _route_results(self) -> None:
-        """Hand each inference result to the request waiting for its correlation id."""
-        from producers.subscribe import subscribe
-
+        """Hand each inference result to the request waiting for its correlation id. No group:
+        every gateway replica sees every result, from now on, on either transport (a groupless
+        subscription used to fail every second on RabbitMQ, so every /v1/infer was a 504)."""
+        spec = TOPICS["inference.results.v1"]
         while True:
             try:
-                async for envelope, _ in subscribe(self.settings, "inference.results.v1"):
-                    future = self._pending.pop(envelope.data.correlation_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(envelope.data)
+                async with open_reader(self.settings, [spec.name]) as reader:
+                    self._failure = None
+                    self._ready.set()
+                    async for record in reader:
+                        try:
+                            result = decode(spec, record.value, self.settings.max_event_bytes,
+                                            record.headers)
+                        except DecodeError:
+                            continue  # the worker dead-letters what it cannot read
+                        future = self._pending.pop(result.data.correlation_id, None)
+                        if future is not None and not future.done():
+                            future.set_result(result.data)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the broker went away: keep trying, requests time out
+            except Exception as exc:  # the broker went away: keep trying; requests get 503
+                self._ready.clear()
+                self._failure = exc
                 log.warning("inference results stream failed; retrying",
                             extra={"error": repr(exc)[:300]})
                 await asyncio.sleep(1)
 
     async def infer(self, request: InferenceRequested, trace: str) -> InferenceCompleted:
+        if self._failure is not None:  # a 503 now, not a 504 after the timeout
+            raise TransportUnavailable(f"inference results: {self._failure!r}")
         future = asyncio.get_running_loop().create_future()
         self._pending[request.correlation_id] = future
         envelope = Envelope(type=INFERENCE_REQUESTED, source="ragstream/gateway",
                             subject=request.correlation_id, traceparent=trace,
                             data=request.model_dump(mode="json"))
         try:
-            await self.publisher.publish([envelope])
-            return await asyncio.wait_for(future, self.settings.gateway.infer_timeout_s)
+            async with asyncio.timeout(self.settings.gateway.infer_timeout_s):
+                # a result that arrives before the router reads is lost: wait for the router
+                await self._ready.wait()
+                await self.publisher.publish([envelope])
+                return await future
         finally:
             self._pending.pop(request.correlation_id, None)

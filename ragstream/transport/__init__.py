@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from ragstream.config import Settings
-from ragstream.transport.base import Consumer, Producer
+from ragstream.transport.base import Consumer, Producer, Reader
+
+if TYPE_CHECKING:
+    from ragstream.transport.memory import MemoryBroker
 
 
 def make_producer(settings: Settings) -> Producer:
@@ -30,6 +34,26 @@ def consumer_factory(settings: Settings) -> Callable[..., Consumer]:
         from ragstream.transport.kafka import KafkaConsumer
 
         return functools.partial(KafkaConsumer, settings)
+    raise ValueError(f"the {settings.transport} transport needs its broker passed in (tests only)")
+
+
+def open_reader(settings: Settings, topics: Sequence[str], *, group: str | None = None,
+                from_beginning: bool = False, broker: MemoryBroker | None = None) -> Reader:
+    """A reader of ``topics`` (see ``Reader``); use it as ``async with``. ``group`` is the full
+    group name (``settings.group_id(...)``, or a subscriber's own); the memory transport reads
+    the ``broker`` passed in."""
+    if settings.transport == "rabbitmq":
+        from ragstream.transport.rabbitmq import RabbitReader
+
+        return RabbitReader(settings, topics, group, from_beginning)
+    if settings.transport == "kafka":
+        from ragstream.transport.kafka import KafkaReader
+
+        return KafkaReader(settings, topics, group, from_beginning)
+    if broker is not None:
+        from ragstream.transport.memory import MemoryReader
+
+        return MemoryReader(broker, topics, group, from_beginning)
     raise ValueError(f"the {settings.transport} transport needs its broker passed in (tests only)")
 
 

@@ -10,7 +10,9 @@ import asyncio
 import zlib
 from collections.abc import Sequence
 
-from ragstream.transport.base import OutMessage, RebalanceCallback, Record, TopicPartition
+from ragstream.transport.base import (
+    OutMessage, Reader, RebalanceCallback, Record, TopicPartition,
+)
 
 
 class MemoryBroker:
@@ -110,3 +112,43 @@ class MemoryConsumer:
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return len(self._broker._log(tp))
+
+
+class MemoryReader(Reader):
+    """A consumer of the broker that starts at the beginning or the end unless its group
+    committed a position (a groupless reader's name commits nothing)."""
+
+    def __init__(self, broker: MemoryBroker, topics: Sequence[str], group: str | None,
+                 from_beginning: bool):
+        self._broker, self._group, self._from_beginning = broker, group, from_beginning
+        self._consumer = MemoryConsumer(broker, topics, group or "", _nothing, _nothing)
+        self._handed: dict[TopicPartition, int] = {}
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        for tp in self._consumer.assignment():
+            if self._group is None or (self._group, tp) not in self._broker.committed:
+                self._consumer.seek(tp, 0 if self._from_beginning else len(self._broker._log(tp)))
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> list[Record]:
+        records = await self._consumer.getmany(timeout_ms, max_records)
+        for record in records:
+            self._handed[record.tp] = record.offset + 1
+        return records
+
+    async def commit(self) -> None:
+        if self._group:
+            await self._consumer.commit(self._handed)
+
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        return {tp: len(self._broker._log(tp)) for tp in self._consumer.assignment()}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self._consumer._positions[tp]
+
+
+async def _nothing(_: set[TopicPartition]) -> None:
+    return None

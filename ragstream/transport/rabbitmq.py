@@ -26,13 +26,19 @@ import logging
 import queue
 import socket
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import amqp.exceptions
 import kombu
+import kombu.exceptions
 
 from ragstream.config import Settings
-from ragstream.transport.base import OutMessage, RebalanceCallback, Record, TopicPartition
+from ragstream.errors import TransportUnavailable
+from ragstream.transport.base import (
+    OutMessage, Reader, RebalanceCallback, Record, TopicPartition,
+)
 from schemas.catalogue import DLQ_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,10 @@ def consumer_queue(settings: Settings, group_id: str, topic: str) -> kombu.Queue
 def _connection(settings: Settings) -> kombu.Connection:
     return kombu.Connection(settings.rabbitmq_url.get_secret_value(), heartbeat=30,
                             transport_options={"confirm_publish": True})
+
+
+# what kombu and amqp raise when the broker is gone or refuses (ConnectionError is an OSError)
+_BROKER_ERRORS = (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError)
 
 
 def _amqp_headers(message: OutMessage) -> dict[str, str]:
@@ -121,8 +131,8 @@ class _IOThread:
         try:
             self.connection = self._connect()
             self.connection.connect()
-        except Exception as exc:
-            self._ready.set_exception(exc)
+        except Exception as exc:  # refused, unreachable, bad credentials
+            self._ready.set_exception(TransportUnavailable(f"RabbitMQ unreachable: {exc!r}"))
             return
         self._ready.set_result(None)
         try:
@@ -312,7 +322,10 @@ class RabbitProducer:
 
     async def send_all(self, messages: Sequence[OutMessage]) -> None:
         if messages:
-            await self._io.run(lambda: self._publish(messages))
+            try:
+                await self._io.run(lambda: self._publish(messages))
+            except _BROKER_ERRORS as exc:  # connection lost, or a publish the broker nacked
+                raise TransportUnavailable(f"RabbitMQ publish: {exc!r}") from exc
 
     def _publish(self, messages: Sequence[OutMessage]) -> None:
         producer = kombu.Producer(self._io.connection.default_channel)
@@ -325,6 +338,143 @@ class RabbitProducer:
                              headers=_amqp_headers(m), delivery_mode=2,
                              content_type="application/json", content_encoding="binary",
                              mandatory=False)
+
+
+class RabbitReader(Reader):
+    """What a Kafka reader does, mapped onto queues (docs/transports.md has the table):
+
+    - with a group, the group's durable queue per topic, the one a worker of that group reads
+      (it keeps what arrived since it was declared); ``commit`` acks, and acked is gone. A
+      dead-letter topic's group reads the dead-letter queue itself, whatever the group's name;
+    - without a group, from the end: an exclusive, auto-deleted queue bound to the topic, which
+      sees what is published from now on;
+    - without a group, from the beginning: only a dead-letter topic has a beginning (its queue);
+      it is browsed: nothing is acked, and every letter returns to the queue when the reader
+      stops. Any other topic raises: RabbitMQ kept nothing for a queue that did not exist.
+
+    An offset counts this reader's deliveries from its queue (0, 1, ...), so ``position`` is
+    how many it handed out, and ``end_offsets`` adds what waits in the queue.
+    """
+
+    replayable = False
+
+    def __init__(self, settings: Settings, topics: Sequence[str], group: str | None,
+                 from_beginning: bool):
+        self._settings, self._group = settings, group
+        self._browse = group is None and from_beginning
+        self._queues = {t: self._queue(t) for t in topics}
+        self._io = _IOThread(f"rabbit-reader-{group or 'groupless'}",
+                             lambda: _connection(settings))
+        self._buffer: asyncio.Queue[tuple[int, Record]] = asyncio.Queue()
+        self._arrived = asyncio.Event()
+        self._received = dict.fromkeys(topics, 0)  # counted on the I/O thread: the offsets
+        self._ready_at_start = dict.fromkeys(topics, 0)
+        self._handed = dict.fromkeys(topics, 0)
+        self._unacked: list[int] = []  # delivery tags handed out, acked by commit
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _queue(self, topic: str) -> kombu.Queue:
+        if self._group is not None:
+            return (dead_letter_queue(self._settings, topic) if topic.endswith(DLQ_SUFFIX)
+                    else consumer_queue(self._settings, self._group, topic))
+        if self._browse:
+            if not topic.endswith(DLQ_SUFFIX):
+                raise ValueError(f"RabbitMQ keeps no history of {topic!r} for a reader without a "
+                                 "group: read from the end, or with a group whose queue existed "
+                                 "before the events were published")
+            return dead_letter_queue(self._settings, topic)
+        return kombu.Queue(f"{self._settings.rabbitmq_namespace}.reader.{uuid.uuid4().hex}.{topic}",
+                           _exchange(self._settings, topic), routing_key=topic,
+                           exclusive=True, auto_delete=True, durable=False)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._io.start()
+        try:
+            await self._io.run(self._consume)
+        except _BROKER_ERRORS as exc:
+            self._io.stop()
+            raise TransportUnavailable(f"RabbitMQ reader: {exc!r}") from exc
+
+    def _consume(self) -> None:  # on the I/O thread
+        channel = self._io.connection.default_channel
+        # no prefetch cap: a browser holds every letter unacked until it stops, and reembed
+        # what it read until its re-send is confirmed; a capped reader would stall there
+        channel.basic_qos(0, 0, False)
+        for topic, queue in self._queues.items():
+            queue = queue.bind(channel)
+            queue.declare()
+            # counted before consuming: later counts miss what is on its way to this reader
+            self._ready_at_start[topic] = queue.queue_declare(passive=True)[1]
+
+            def deliver(message: Any, topic: str = topic) -> None:
+                offset = self._received[topic]
+                self._received[topic] += 1
+                record = _record(message, topic)._replace(offset=offset)
+                self._loop.call_soon_threadsafe(self._arrive, message.delivery_tag, record)
+
+            # a groupless reader from the end has nothing to keep: the broker forgets on delivery
+            kombu.Consumer(channel, [queue], on_message=deliver, auto_declare=False,
+                           no_ack=self._group is None and not self._browse).consume()
+
+    def _arrive(self, tag: int, record: Record) -> None:
+        self._buffer.put_nowait((tag, record))
+        self._arrived.set()
+
+    async def stop(self) -> None:
+        self._io.stop()  # closing the channel returns every unacked delivery to its queue
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> list[Record]:
+        self._check()
+        if self._buffer.empty():
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout_ms / 1000)
+            self._check()
+        out: list[Record] = []
+        while len(out) < max_records and not self._buffer.empty():
+            tag, record = self._buffer.get_nowait()
+            self._handed[record.topic] += 1
+            self._unacked.append(tag)
+            out.append(record)
+        return out
+
+    def _check(self) -> None:
+        try:
+            self._io.check()
+        except ConnectionError as exc:
+            raise TransportUnavailable(str(exc)) from exc
+
+    async def commit(self) -> None:
+        if self._group is None or not self._unacked:
+            return
+        tags, self._unacked = self._unacked, []
+
+        def ack() -> None:
+            channel = self._io.connection.default_channel
+            for tag in tags:
+                channel.basic_ack(tag)
+        try:
+            await self._io.run(ack)
+        except _BROKER_ERRORS as exc:  # unacked deliveries go back to the queue: replayed
+            raise TransportUnavailable(f"RabbitMQ ack: {exc!r}") from exc
+
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        """What this reader received plus what waits in the queue. Exact at start; later, a
+        delivery on its way to this reader is in neither count."""
+        def ends() -> dict[str, int]:  # on the I/O thread, where deliveries are counted
+            channel = self._io.connection.default_channel
+            return {t: max(self._ready_at_start[t],
+                           self._received[t] + channel.queue_declare(q.name, passive=True)[1])
+                    for t, q in self._queues.items()}
+        try:
+            counted = await self._io.run(ends)
+        except _BROKER_ERRORS as exc:
+            raise TransportUnavailable(f"RabbitMQ queue depth: {exc!r}") from exc
+        return {TopicPartition(t, 0): end for t, end in counted.items()}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self._handed[tp.topic]
 
 
 async def ensure_topics(settings: Settings, names: Sequence[str],
@@ -342,8 +492,8 @@ async def ensure_topics(settings: Settings, names: Sequence[str],
 
 
 def tap_queue(settings: Settings, topic: str, name: str) -> kombu.Queue:
-    """A queue that keeps everything published to ``topic`` from now on (for readers such as
-    ``ragstream tail`` and tests). RabbitMQ drops what no queue is bound to when it arrives."""
+    """A queue that keeps everything published to ``topic`` from now on (the tests' ``Tap``).
+    RabbitMQ drops what no queue is bound to when it arrives."""
     return kombu.Queue(f"{settings.rabbitmq_namespace}.tap.{name}.{topic}",
                        _exchange(settings, topic), routing_key=topic, durable=True,
                        queue_arguments={"x-queue-type": "quorum"})
