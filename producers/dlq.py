@@ -50,8 +50,9 @@ async def replay(settings: Settings, dlq_topic: str, *, reason: str | None = Non
                         out.append(OutMessage(dlq_topic, record.key, record.value,
                                               list(record.headers)))
                     continue
-                out.append(OutMessage(headers["x-original-topic"].decode(), record.key,
-                                      record.value, _replayed(headers)))
+                original = headers.get("x-original-topic", b"").decode() \
+                    or dlq_topic.removesuffix(DLQ_SUFFIX)  # a topic's DLQ holds only its own
+                out.append(OutMessage(original, record.key, record.value, _replayed(headers)))
                 replayed += 1
             await pub.send_raw(out)
             await reader.commit()

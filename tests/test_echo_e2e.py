@@ -114,3 +114,43 @@ async def test_a_worker_whose_rabbitmq_queue_vanishes_fails_loudly(env, topics, 
 
 async def _is_ready(runtime) -> bool:
     return runtime._ready
+
+
+class OutageThenUp(EchoWorker):
+    """Its store is down for the first ``outages`` batches (backpressure), then up."""
+
+    def __init__(self, outages: int):
+        self.outages = outages
+
+    async def process(self, batch) -> None:
+        from ragstream.errors import SinkUnavailable
+
+        if self.outages > 0:
+            self.outages -= 1
+            raise SinkUnavailable("store down", retry_after=0.05)
+        await super().process(batch)
+
+
+async def test_a_long_store_outage_on_rabbitmq_rewinds_without_spending_the_delivery_limit(
+        transport_env, redis_client):
+    """Backpressure rewinds a batch many times. On RabbitMQ those rewinds used to hand the
+    messages back to the broker, and a quorum queue counts each as a failed delivery: past the
+    delivery limit the broker dead-lettered the batch in flight, with no reason a replay knew."""
+    from ragstream.config import Settings
+    from ragstream.transport import ensure_topics
+    from schemas.catalogue import all_topic_names
+
+    settings = Settings.from_env({**transport_env, "RAGSTREAM_RABBITMQ_DELIVERY_LIMIT": "2"})
+    await ensure_topics(settings, all_topic_names(), 4,
+                        {settings.group_id("echo"): ("documents.v1",)})
+    dlq_tap = Tap(settings, "documents.v1.dlq")
+    envelopes = [document_upserted(f"doc-{i}", f"text {i}", version=1) for i in range(20)]
+    async with Publisher(settings) as pub:
+        await pub.publish(envelopes)
+    worker = OutageThenUp(outages=8)  # four times the delivery limit
+    async with running(worker, settings):
+        async def all_applied() -> bool:
+            return int(redis_client.get(f"{settings.group_prefix}:echo:effects") or 0) == 20
+        await eventually(all_applied, 60, message="20 ledger effects after the outage")
+    assert worker.outages == 0
+    assert await dlq_tap.read(timeout=1.0) == []

@@ -7,7 +7,8 @@ exchange per topic family (``ragstream.documents`` carries ``documents.v1`` and
 
 - a queue is one "partition" (0) of its topic; the channel's delivery tags are the offsets;
 - commit acks the delivered tags below the committed offset, after the sinks flushed;
-- seek rewinds by nacking the unacked tags from that offset on, with requeue; pause cancels the
+- seek rewinds in the consumer: the deliveries from that offset on stay unacked and are handed
+  out again (a reject with requeue would count against the delivery limit); pause cancels the
   queue's consumer, so the broker stops delivering until resume (never a redelivery spin);
 - prefetch matches the batch size; publishing waits for publisher confirms;
 - a message delivered ``rabbitmq_delivery_limit`` times (one that kills its worker each time)
@@ -94,6 +95,12 @@ def _record(message: Any, topic: str) -> Record:
     headers = [(k, v if isinstance(v, bytes) else
                  v.encode("latin-1") if isinstance(v, str) else str(v).encode())
                for k, v in raw.items()]
+    if "x-death" in raw and "x-error-reason" not in raw and topic.endswith(DLQ_SUFFIX):
+        # dead-lettered by the broker itself (its delivery limit), not by a worker: say so in
+        # the headers a worker's dead letter carries, so tail and dlq replay treat it alike
+        headers += [("x-error-reason", b"delivery_limit"),
+                    ("x-error-message", b"RabbitMQ's delivery limit for the queue was reached"),
+                    ("x-original-topic", topic.removesuffix(DLQ_SUFFIX).encode())]
     return Record(topic, 0, message.delivery_tag, key.encode("latin-1") if key else None,
                   message.body, headers)
 
@@ -183,10 +190,14 @@ class RabbitConsumer:
         self._queues = {t: consumer_queue(settings, group_id, t) for t in topics}
         self._on_revoked, self._on_assigned = on_revoked, on_assigned
         self._io = _IOThread(f"rabbit-consumer-{group_id}", lambda: _connection(settings))
-        self._buffer: asyncio.Queue[Record] = asyncio.Queue()
-        # delivered tags not yet handed to the runtime, and handed but not yet acked
-        self._buffered: dict[TopicPartition, set[int]] = {tp: set() for tp in self.assignment()}
-        self._inflight: dict[TopicPartition, set[int]] = {tp: set() for tp in self.assignment()}
+        # deliveries by tag: not yet handed to the runtime, and handed but not yet acked. A seek
+        # moves handed ones back to be handed again, here: handing them back to the broker
+        # (reject with requeue) counted as a failed delivery on quorum queues, so a store
+        # outage of ~20 rewinds had the broker dead-letter the batch in flight.
+        self._buffered: dict[TopicPartition, dict[int, Record]] = {
+            tp: {} for tp in self.assignment()}
+        self._inflight: dict[TopicPartition, dict[int, Record]] = {
+            tp: {} for tp in self.assignment()}
         self._consumers: dict[str, kombu.Consumer] = {}
         self._ready_counts: dict[str, int] = {}
         self._last_handed: dict[TopicPartition, int] = {}
@@ -217,8 +228,7 @@ class RabbitConsumer:
         self._consumers[topic] = consumer
 
     def _delivered(self, record: Record) -> None:
-        self._buffered[record.tp].add(record.offset)
-        self._buffer.put_nowait(record)
+        self._buffered[record.tp][record.offset] = record
         self._arrived.set()
 
     async def stop(self) -> None:
@@ -227,65 +237,64 @@ class RabbitConsumer:
 
     async def getmany(self, timeout_ms: int, max_records: int) -> list[Record]:
         self._io.check()
-        out: list[Record] = []
         deadline = self._loop.time() + timeout_ms / 1000
-        while len(out) < max_records:
-            if self._buffer.empty():
-                if out or self._loop.time() >= deadline:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), deadline - self._loop.time())
-                except TimeoutError:
-                    break
+        while True:
+            out = self._hand_out(max_records)
+            if out or self._loop.time() >= deadline:
+                return out
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), deadline - self._loop.time())
+            except TimeoutError:
+                return self._hand_out(max_records)
+
+    def _hand_out(self, max_records: int) -> list[Record]:
+        """Buffered deliveries of the partitions not paused, in delivery order per queue."""
+        out: list[Record] = []
+        for tp, buffered in self._buffered.items():
+            if tp in self._paused or not buffered:
                 continue
-            record = self._buffer.get_nowait()
-            tags = self._buffered[record.tp]
-            if record.offset in tags:  # else it was handed back by seek or pause
-                tags.discard(record.offset)
-                self._inflight[record.tp].add(record.offset)
-                self._last_handed[record.tp] = record.offset
+            for tag in sorted(buffered)[:max_records - len(out)]:
+                record = buffered.pop(tag)
+                self._inflight[tp][tag] = record
+                self._last_handed[tp] = tag
                 out.append(record)
+            if len(out) >= max_records:
+                break
         return out
 
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(t, 0) for t in self._queues}
 
     def pause(self, tps: Sequence[TopicPartition]) -> None:
+        """Stop the queue's deliveries; what was delivered stays here, unacked, for resume."""
         for tp in tps:
             if tp in self._paused:
                 continue
             self._paused.add(tp)
             self._io.call(lambda topic=tp.topic: self._consumers.pop(topic).cancel())
-            self._hand_back(tp, self._buffered[tp])
 
     def resume(self, tps: Sequence[TopicPartition]) -> None:
         for tp in tps:
             if tp in self._paused:
                 self._paused.discard(tp)
                 self._io.call(lambda topic=tp.topic: self._consume(topic))
+                self._arrived.set()
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        """Hand back everything delivered from ``offset`` on; the broker redelivers it."""
-        self._hand_back(tp, {t for t in self._buffered[tp] | self._inflight[tp] if t >= offset})
-
-    def _hand_back(self, tp: TopicPartition, tags: set[int]) -> None:
-        tags = set(tags)
-        self._buffered[tp] -= tags
-        self._inflight[tp] -= tags
-
-        def reject() -> None:
-            channel = self._io.connection.default_channel
-            for tag in sorted(tags):
-                channel.basic_reject(tag, requeue=True)
-        self._io.call(reject)
+        """Hand out again everything handed out from ``offset`` on (kept unacked, here)."""
+        inflight = self._inflight[tp]
+        for tag in [t for t in inflight if t >= offset]:
+            self._buffered[tp][tag] = inflight.pop(tag)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         acked = []
         for tp, offset in offsets.items():
-            done = {t for t in self._inflight[tp] if t < offset}
-            self._inflight[tp] -= done
-            acked += sorted(done)
+            inflight = self._inflight[tp]
+            done = sorted(t for t in inflight if t < offset)
+            for tag in done:
+                del inflight[tag]
+            acked += done
 
         def ack() -> None:
             channel = self._io.connection.default_channel
