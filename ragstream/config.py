@@ -167,6 +167,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".ragstream")
     topic_partitions: int = Field(default=6, ge=1)
+    # copies of each topic the broker keeps: 1 for the embedded broker, 3 on a production
+    # cluster (infra/k8s sets it), where topics also get min.insync.replicas 2
+    topic_replication_factor: int = Field(default=1, ge=1)
     # the deployment's name: consumer groups, Redis keys (ragstream.stores.keys), the graph
     group_prefix: str = "ragstream"
 
@@ -281,6 +284,12 @@ class Settings(BaseSettings):
     def keys(self) -> Keys:
         """The deployment's Redis key families."""
         return Keys(self.group_prefix)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message the producers send and the topics take: an event at the limit
+        with room for its dead-letter headers (a dead letter's value is cut to fit below it)."""
+        return max(self.max_event_bytes * 2, 1 << 20)
 
     def group_id(self, worker: str) -> str:
         return f"{self.group_prefix}.{worker}"

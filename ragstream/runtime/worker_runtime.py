@@ -63,7 +63,7 @@ class WorkerRuntime:
         self._last_lag_update = 0.0
         # what a dead letter's value may hold: the producer's request cap (see KafkaProducer)
         # less room for the headers; a bigger record is cut, never allowed to crash the worker
-        self._dead_letter_max = max(s.max_event_bytes * 2, 1 << 20) - (64 << 10)
+        self._dead_letter_max = s.max_message_bytes - (64 << 10)
         self._batch_max = min(s.batch_max_records, w.max_batch_records or s.batch_max_records)
         self.series = WorkerSeries(self.metrics, w.name, tuple(w.consumes), tuple(w.emits))
         self.health = HealthServer(self.metrics, lambda: self._ready, lambda: self._alive,

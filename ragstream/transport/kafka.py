@@ -77,7 +77,7 @@ class KafkaConsumer:
             client_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=max(settings.max_event_bytes * 2, 1024 * 1024),
+            max_partition_fetch_bytes=settings.max_message_bytes,
             fetch_max_bytes=max(settings.max_event_bytes * 4, 52428800),
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
@@ -129,7 +129,7 @@ class KafkaProducer:
             acks="all",
             enable_idempotence=settings.kafka_idempotence,
             linger_ms=5,
-            max_request_size=max(settings.max_event_bytes * 2, 1048576),
+            max_request_size=settings.max_message_bytes,
             compression_type=None,
         )
 
@@ -164,7 +164,7 @@ class KafkaReader(Reader):
             **connection_options(settings), group_id=group, client_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest" if from_beginning else "latest",
-            max_partition_fetch_bytes=max(settings.max_event_bytes * 2, 1024 * 1024),
+            max_partition_fetch_bytes=settings.max_message_bytes,
             fetch_max_bytes=max(settings.max_event_bytes * 4, 52428800),
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
@@ -263,12 +263,19 @@ async def committed_offsets(settings: Settings, group: str,
 
 
 async def ensure_topics(settings: Settings, names: Sequence[str], partitions: int) -> None:
-    """Create missing topics; existing ones are left as they are."""
+    """Create missing topics; existing ones are left as they are. Each takes the largest message
+    the producers send: a broker default below it refused the dead letter of an event near the
+    size limit, and the worker crash-looped on it."""
+    rf = settings.topic_replication_factor
+    configs = {"max.message.bytes": str(settings.max_message_bytes)}
+    if rf >= 3:
+        configs["min.insync.replicas"] = "2"  # acks=all then survives one broker down
     admin = AIOKafkaAdminClient(**connection_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        missing = [NewTopic(n, partitions, rf, topic_configs=configs)
+                   for n in names if n not in existing]
         if missing:
             try:
                 await admin.create_topics(missing)
