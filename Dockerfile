@@ -17,6 +17,7 @@ COPY pyproject.toml README.md ./
 COPY ragstream ragstream
 COPY workers workers
 COPY producers producers
+COPY consumers consumers
 COPY schemas schemas
 
 FROM source AS wheels-cpu

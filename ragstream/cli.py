@@ -152,7 +152,7 @@ async def _demo(cfg: Settings, limit: int, wait: float) -> None:
     from producers import reuters
     from producers.events import document_upserted
     from ragstream.publisher import Publisher
-    from producers.subscribe import subscribe
+    from consumers.subscribe import subscribe
 
     docs = list(reuters.load(limit=limit))
     envelopes = [document_upserted(d.doc_id, d.text, version=1, title=d.title,
@@ -243,7 +243,7 @@ def tail(
     """Print a topic's events as JSON lines, for downstream consumers and debugging. A
     dead-letter topic (``*.dlq``) prints each dead letter's error headers and the head of its
     bytes."""
-    from producers.subscribe import EventFilter, records, subscribe
+    from consumers.subscribe import EventFilter, records, subscribe
     from schemas.catalogue import DLQ_SUFFIX
 
     cfg = settings()

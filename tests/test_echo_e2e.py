@@ -62,7 +62,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 async def test_a_downstream_subscriber_gets_typed_events_on_both_transports(
         transport_settings, transport_topics):
-    from producers.subscribe import subscribe
+    from consumers.subscribe import subscribe
     from schemas.payloads import DocumentUpserted
 
     settings = transport_settings

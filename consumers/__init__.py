@@ -1,0 +1,1 @@
+"""What downstream services use to read ragstream's topics: typed events on Kafka or RabbitMQ."""
