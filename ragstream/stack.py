@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,6 +44,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# setpriv (util-linux) sets the same death signal in the child, from outside Python: a
+# preexec_fn runs Python between fork and exec, where other libraries' fork handlers run too,
+# and gRPC's (the Triton client) aborted the child now and then ("tansu exited with -6")
+_SETPRIV = shutil.which("setpriv")
+
+
+def _launch(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """The command and the pre-exec hook that make a child die with this process."""
+    if _SETPRIV:
+        return [_SETPRIV, "--pdeathsig", "SIGTERM", "--", *argv], None
+    return argv, _die_with_parent
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -63,9 +77,10 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         try:
+            argv, preexec = _launch([str(a) for a in self.argv])
             self.process = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env}, preexec_fn=_die_with_parent,
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env}, preexec_fn=preexec,
             )
         finally:
             log.close()
