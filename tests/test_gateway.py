@@ -267,6 +267,9 @@ async def test_document_ids_may_hold_slashes(server, keys, settings):
     assert [(p["type"], p["data"]["doc_id"]) for p in published] == [
         ("ragstream.document.upserted", "notes/2024/a.md"),
         ("ragstream.document.deleted", "notes/2024/a.md")]
+    # metrics and spans name the route's template, not the converter or the id
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'route="/v1/documents/{doc_id}",status="202"} 2.0' in metrics, metrics
 
 
 async def test_an_event_over_the_event_limit_is_413_before_anything_is_sent(

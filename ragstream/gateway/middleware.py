@@ -101,13 +101,15 @@ async def limits_and_access_log(request: Request, call_next):
             request.state.traceparent = tracing.traceparent_of(span)
             response = await call_next(request)
             span.set_attribute("http.response.status_code", response.status_code)
-            if (matched := request.scope.get("route")) is not None:  # low-cardinality name
-                span.update_name(f"gateway {request.method} {matched.path}")
-                span.set_attribute("http.route", matched.path)
+            # the route's template, a low-cardinality name: path_format is /v1/documents/{doc_id},
+            # where path holds the converter ({doc_id:path})
+            if (matched := request.scope.get("route")) is not None:
+                span.update_name(f"gateway {request.method} {matched.path_format}")
+                span.set_attribute("http.route", matched.path_format)
     else:
         response = await call_next(request)
     route = request.scope.get("route")
-    path = route.path if route is not None else "unmatched"
+    path = route.path_format if route is not None else "unmatched"
     elapsed = time.perf_counter() - started
     gateway.requests.labels(path, str(response.status_code)).inc()
     gateway.latency.labels(path).observe(elapsed)
