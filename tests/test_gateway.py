@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,12 +16,13 @@ import pytest
 from producers.events import document_upserted
 from ragstream.gateway.auth import new_key
 from ragstream.gateway.openapi import SPEC, generate
-from ragstream.stack import ManagedProcess, free_port
+from ragstream.stack import FalkorDB, ManagedProcess, free_port
 from tests.helpers import read_topic
 
 
 class Server:
-    def __init__(self, env: dict[str, str], tmp_path, keys: list):
+    def __init__(self, env: dict[str, str], tmp_path, keys: list,
+                 max_body_bytes: int = 65536):
         self.keys_file = tmp_path / "api_keys.json"
         self.write_keys(keys)
         self.port = free_port()
@@ -29,7 +31,7 @@ class Server:
             "gateway", [sys.executable, "-m", "ragstream", "gateway", "--port", str(self.port)],
             tmp_path / "gateway.log",
             env={**env, "RAGSTREAM_API_KEYS_FILE": str(self.keys_file),
-                 "RAGSTREAM_GATEWAY_MAX_BODY_BYTES": "65536",
+                 "RAGSTREAM_GATEWAY_MAX_BODY_BYTES": str(max_body_bytes),
                  "RAGSTREAM_GATEWAY_INFER_TIMEOUT_S": "1"})
 
     def write_keys(self, keys: list) -> None:
@@ -183,6 +185,147 @@ def test_infer_times_out_with_504_when_no_result_comes(server, keys):
                                            "data": ["hello"]}]}
     r = httpx.post(server.url + "/v1/infer", json=body, headers=auth(keys, "admin"), timeout=10)
     assert r.status_code == 504
+
+
+def _put(server, keys, key: str, doc_id: str, body: bytes, **kwargs) -> httpx.Response:
+    return httpx.put(server.url + "/v1/documents/" + doc_id, content=body,
+                     headers={**auth(keys, key), "Content-Type": "application/json"}, **kwargs)
+
+
+def test_hostile_input_is_a_4xx_that_says_why_never_a_500(server, keys):
+    """Each of these was a 500 or a reset connection: JSON that Python parses but cannot encode
+    again (lone surrogates, NaN, 1e400), versions and ids past the event's own limits."""
+    cases = [  # body, the field the error names, what its message says
+        # a 422 that echoed a lone surrogate failed to encode; so did a valid document holding one
+        (b'{"text": "\\ud800", "version": "x"}', "text", "lone UTF-16 surrogate"),
+        (b'{"text": "\\ud800", "version": 1}', "text", "lone UTF-16 surrogate"),
+        (b'{"text": "t", "version": 1, "metadata": {"\\udfff": 1}}', "metadata",
+         "a key holds a lone UTF-16 surrogate"),
+        (b'{"text": "t", "version": NaN}', "body", "NaN is not a JSON number"),
+        (b'{"text": "t", "version": 1, "metadata": {"m": Infinity}}', "body",
+         "Infinity is not a JSON number"),
+        (b'{"text": "t", "version": 1e400}', "body", "the number 1e400 is out of range"),
+        (b'{"text": "t", "version": 1000000000000000000000000000000}', "version",
+         "less than or equal to 9007199254740991"),
+        (b'{"text": "t", "version": ' + b"[" * 5000 + b"]" * 5000 + b"}", "body",
+         "maximum recursion depth"),
+        (b'{"text": "\xff", "version": 1}', "body", "can't decode byte 0xff"),
+    ]
+    for body, field, message in cases:
+        r = _put(server, keys, "publisher", "d1", body)
+        assert r.status_code == 422, (body[:80], r.text)
+        [error] = r.json()["detail"]
+        assert error["loc"][-1] == field and message in error["msg"], (body[:80], error)
+        assert "input" not in error or error["input"] in ("x", 10**30)
+
+    # a lone surrogate in any route's body: the events batch and the embedder's texts too
+    r = httpx.post(server.url + "/v1/events", content=b'{"events": [{"data": "\\ud800"}]}',
+                   headers={**auth(keys, "admin"), "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "events", 0, "data"]
+    r = httpx.post(server.url + "/v1/embed", content=b'{"texts": ["ok", "\\ud800"]}',
+                   headers={**auth(keys, "admin"), "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "texts", 1]
+    # a surrogate pair is text, and an escaped backslash before "ud800" is no surrogate
+    for text in (b"\\ud83d\\ude00", b"\\\\ud800"):
+        r = _put(server, keys, "publisher", "d1", b'{"text": "' + text + b'", "version": 1}')
+        assert r.status_code == 202, (text, r.text)
+
+    # the tombstone's version is the contract's: up to 2**53 - 1, a number of sane length
+    for version, message in [(10**30, "less than or equal to 9007199254740991"),
+                             (-1, "greater than or equal to 0"),
+                             ("9" * 5000, "exceeded maximum size")]:
+        r = httpx.delete(server.url + "/v1/documents/d1", params={"version": version},
+                         headers=auth(keys, "publisher"))
+        assert r.status_code == 422, r.text
+        [error] = r.json()["detail"]
+        assert error["loc"] == ["query", "version"] and message in error["msg"], error
+    # an id leaves room for its chunk ids (``#<position>``), as the contract does
+    r = _put(server, keys, "publisher", "a" * 497, b'{"text": "t", "version": 1}')
+    assert r.status_code == 422 and "at most 496 characters" in r.text, r.text
+    assert _put(server, keys, "publisher", "a" * 496, b'{"text": "t", "version": 1}'
+                ).status_code == 202
+    # a long input is not echoed back whole
+    r = _put(server, keys, "publisher", "d1", json.dumps({"text": "t", "version": 1,
+                                                          "title": "x" * 10_001}).encode())
+    assert r.status_code == 422 and "input" not in r.json()["detail"][0], r.text[:300]
+    # a request id is echoed in a header and logged: only printable ASCII is kept
+    r = httpx.get(server.url + "/healthz", headers={"X-Request-ID": "a\tb"})
+    assert r.status_code == 200 and len(r.headers["X-Request-ID"]) == 32
+    assert "Traceback" not in server.log()
+
+
+async def test_document_ids_may_hold_slashes(server, keys, settings):
+    """``ragstream backfill`` makes ids from folder paths; they used to be 404 here."""
+    url = server.url + "/v1/documents/"
+    r = httpx.put(url + "notes/2024/a.md", json={"text": "t", "version": 1},
+                  headers=auth(keys, "publisher"))
+    assert r.status_code == 202, r.text
+    r = httpx.delete(url + "notes%2F2024%2Fa.md", params={"version": 2},
+                     headers=auth(keys, "publisher"))
+    assert r.status_code == 202, r.text
+    published = [json.loads(x.value) for x in await read_topic(settings, "documents.v1", 1)]
+    assert [(p["type"], p["data"]["doc_id"]) for p in published] == [
+        ("ragstream.document.upserted", "notes/2024/a.md"),
+        ("ragstream.document.deleted", "notes/2024/a.md")]
+    # metrics and spans name the route's template, not the converter or the id
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'route="/v1/documents/{doc_id}",status="202"} 2.0' in metrics, metrics
+
+
+async def test_an_event_over_the_event_limit_is_413_before_anything_is_sent(
+        env, topics, tmp_path, settings):
+    """A 1.5 MiB document, or an inference request of 1.2 MB, is under the default 4 MiB body
+    limit, but its event is over the 1 MiB event limit: the Publisher refused it with a 500."""
+    key, entry = new_key("bulk", ["publish", "infer"], 1000.0, 100_000)
+    server = Server(env, tmp_path, [entry], max_body_bytes=4 * 1024 * 1024)
+    server.start()
+    too_large = (r"the event is too large: 1[25]\d{5} bytes is over the 1048576-byte limit "
+                 r"\(RAGSTREAM_MAX_EVENT_BYTES\); send less at once")
+    try:
+        r = httpx.put(server.url + "/v1/documents/big", json={"text": "x" * 1_500_000,
+                                                             "version": 1},
+                      headers={"X-API-Key": key}, timeout=60)
+        assert r.status_code == 413 and re.fullmatch(too_large, r.json()["detail"]), r.text
+        tensor = {"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["x" * 1_200_000]}
+        r = httpx.post(server.url + "/v1/infer", json={"model": "minilm", "inputs": [tensor]},
+                       headers={"X-API-Key": key}, timeout=60)
+        assert r.status_code == 413 and re.fullmatch(too_large, r.json()["detail"]), r.text
+    finally:
+        server.proc.stop()
+    assert not await read_topic(settings, "documents.v1", timeout=0.5)
+    assert not await read_topic(settings, "inference.requests.v1", timeout=0.5)
+
+
+def test_redis_down_is_503_with_retry_after_and_the_gateway_recovers(env, topics, tmp_path):
+    """The rate limiter's Redis down was a 500: redis' ConnectionError is not the builtin one."""
+    redis_server = FalkorDB(tmp_path / "own-redis")
+    redis_server.start()
+    key, entry = new_key("admin", ["admin"], 1000.0, 1000)
+    server = Server({**env, "RAGSTREAM_REDIS_URL": redis_server.url}, tmp_path, [entry])
+    server.start()
+    headers = {"X-API-Key": key}
+
+    def put() -> httpx.Response:
+        return httpx.put(server.url + "/v1/documents/d1", json={"text": "t", "version": 1},
+                         headers=headers, timeout=30)
+
+    try:
+        assert put().status_code == 202
+        redis_server.stop()
+        for r in (put(), httpx.get(server.url + "/v1/topics", headers=headers, timeout=30)):
+            assert r.status_code == 503, r.text
+            assert r.json() == {"detail": "Redis is unavailable; retry later"}
+            assert int(r.headers["Retry-After"]) >= 1
+        assert httpx.get(server.url + "/readyz").status_code == 503
+        redis_server.start()
+        deadline = time.monotonic() + 30
+        while (status := put().status_code) != 202 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert status == 202
+        assert "Traceback" not in server.log()
+    finally:
+        server.proc.stop()
+        redis_server.stop()
 
 
 def test_committed_openapi_matches_the_code():

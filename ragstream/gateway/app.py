@@ -15,14 +15,17 @@ import signal
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragstream.config import Settings
-from ragstream.errors import Unavailable
-from ragstream.gateway.middleware import broker_unavailable, http_error, limits_and_access_log
+from ragstream.errors import unavailable_types
+from ragstream.gateway.middleware import (event_refused, http_error, invalid_request,
+                                          limits_and_access_log, service_unavailable)
 from ragstream.gateway.models import Problem
 from ragstream.gateway.routes import catalogue, documents, embed, events, infer, probes, search
 from ragstream.gateway.state import Gateway
+from schemas.catalogue import DecodeError
 
 # in this order in the OpenAPI document
 ROUTERS = (events.router, documents.router, search.router, embed.router, infer.router,
@@ -46,9 +49,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                   429: {"model": Problem}})
     app.state.gateway = Gateway(settings or Settings())
     app.add_exception_handler(StarletteHTTPException, http_error)
-    # the broker or a store is down (the transports and stores raise the core's Unavailable)
-    for unavailable in (Unavailable, ConnectionError):
-        app.add_exception_handler(unavailable, broker_unavailable)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(DecodeError, event_refused)
+    # the broker or a store is down: the core's Unavailable, and the client libraries' own
+    # errors that the stores declare (state.py imports ragstream.stores.redis, so Redis' are in)
+    for unavailable in unavailable_types():
+        app.add_exception_handler(unavailable, service_unavailable)
     app.middleware("http")(limits_and_access_log)
     for router in ROUTERS:
         app.include_router(router)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import Path
+from fastapi import Path, Query
 from pydantic import BaseModel, Field
 
 from schemas.envelope import DERIVED_SUFFIX_CHARS, MAX_ID_CHARS
-from schemas.payloads import DocumentMetadata, DocumentText, DocumentTitle, Tensor, Version
+from schemas.payloads import (MAX_VERSION, DocumentMetadata, DocumentText, DocumentTitle, Tensor,
+                              Version)
 
 MAX_EVENTS_PER_REQUEST = 1000
-# the documents.v1 contract's own limit: a longer id was a 500 when the event was built
+# The event's own limits (schemas.envelope.DocumentIdentifier), so what passes here builds a
+# valid event: 512 characters here against the contract's 496 (room for chunk ids) was a 500.
 DocId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS - DERIVED_SUFFIX_CHARS,
                             pattern=r"^[^\x00-\x1f\x7f]+$")]
+VersionQuery = Annotated[int, Query(ge=0, le=MAX_VERSION)]
 
 
 class EventsIn(BaseModel):

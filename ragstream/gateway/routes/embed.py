@@ -6,10 +6,12 @@ import asyncio
 
 from fastapi import APIRouter
 
+from ragstream.gateway.body import StrictJSONRoute
 from ragstream.gateway.dependencies import Caller, GatewayState, charge, require
 from ragstream.gateway.models import EmbedIn, EmbedOut
 
-router = APIRouter(tags=["infer"], dependencies=[require("infer")])
+router = APIRouter(tags=["infer"], dependencies=[require("infer")],
+                   route_class=StrictJSONRoute)
 
 
 @router.post("/v1/embed", response_model=EmbedOut)

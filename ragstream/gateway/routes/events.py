@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Response
 
 from ragstream.publisher import encode, topic_for
+from ragstream.gateway.body import StrictJSONRoute
 from ragstream.gateway.dependencies import (Caller, EventPublisher, GatewayState, Trace, charge,
                                             kib, require)
 from ragstream.gateway.models import EventsIn, EventsOut, ItemResult
@@ -15,7 +16,8 @@ from ragstream.transport.base import OutMessage
 from schemas.catalogue import TOPICS, DecodeError
 from schemas.envelope import Envelope
 
-router = APIRouter(tags=["publish"], dependencies=[require("publish")])
+router = APIRouter(tags=["publish"], dependencies=[require("publish")],
+                   route_class=StrictJSONRoute)
 
 
 def encode_item(item: dict[str, Any], max_bytes: int) -> tuple[Envelope, OutMessage]:

@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException
 
+from ragstream.gateway.body import StrictJSONRoute
 from ragstream.gateway.dependencies import GatewaySettings, InferenceResults, Trace, require
 from ragstream.gateway.models import InferIn, Problem
 from schemas.payloads import InferenceCompleted, InferenceRequested
 
-router = APIRouter(tags=["infer"], dependencies=[require("infer")])
+router = APIRouter(tags=["infer"], dependencies=[require("infer")],
+                   route_class=StrictJSONRoute)
 
 
 @router.post("/v1/infer", response_model=InferenceCompleted,
