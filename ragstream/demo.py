@@ -51,9 +51,9 @@ class Progress:
         return (self.receipts == self.event_ids and self.chunks_done
                 and self.linked.keys() == self.documents and self.gcn_done)
 
-    def line(self, elapsed: float) -> str:
+    def status(self) -> str:
         n = len(self.documents)
-        return (f"[{elapsed:5.1f}s] receipts {len(self.receipts)}/{len(self.event_ids)} | "
+        return (f"receipts {len(self.receipts)}/{len(self.event_ids)} | "
                 f"chunks {len(self.embedded)} embedded, {len(self.searchable)} searchable "
                 f"({len(set(self.searchable.values()))}/{n} docs) | "
                 f"entities {len(self.entities)} linked ({len(self.linked)}/{n} docs) | "
@@ -77,8 +77,9 @@ async def run(cfg: Settings, limit: int, wait: float, query: str,
     progress = Progress({d.doc_id for d in docs}, {e.id for e in envelopes})
     say("loading the query embedder")
     searcher = await asyncio.to_thread(Searcher, cfg, load_embedder(cfg))
-    followers = [asyncio.create_task(follow(cfg, topic_name, progress))
-                 for topic_name in ("echo.v1", "chunks.embedded.v1", "kg.changes.v1")]
+    tasks = [asyncio.create_task(follow(cfg, topic_name, progress))
+             for topic_name in ("echo.v1", "chunks.embedded.v1", "kg.changes.v1")]
+    gcn: asyncio.Task | None = None
     try:
         async with Publisher(cfg) as pub:
             await pub.publish(envelopes)
@@ -87,27 +88,28 @@ async def run(cfg: Settings, limit: int, wait: float, query: str,
         shown = ""
         while True:
             await asyncio.to_thread(count_searchable, searcher, progress)
-            if not progress.gcn_done and progress.linked.keys() == progress.documents \
+            if gcn is None and progress.linked.keys() == progress.documents \
                     and await gcn_worker_caught_up(cfg, progress.last_change):
-                await refresh_gcn(cfg, searcher.embedder, progress, say)
+                # a task: the progress lines go on while the jobs run
+                gcn = asyncio.create_task(refresh_gcn(cfg, searcher.embedder, progress))
+                tasks.append(gcn)
             elapsed = time.monotonic() - started
-            line = progress.line(elapsed)
-            if line.split("] ", 1)[1] != shown:
-                say(line)
-                shown = line.split("] ", 1)[1]
+            if progress.status() != shown:
+                shown = progress.status()
+                say(f"[{elapsed:5.1f}s] {shown}")
+            failed = [t.exception() for t in tasks if t.done() and t.exception()]
+            if failed:
+                raise failed[0]
             if progress.done or elapsed > wait:
                 break
             await asyncio.sleep(1)
-        for task in followers:
-            if task.done() and task.exception():
-                raise task.exception()
         say(f"{len(progress.receipts)}/{len(progress.event_ids)} results in "
             f"{time.monotonic() - started:.1f}s")
         answer(searcher, query, say)
     finally:
-        for task in followers:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*followers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         searcher.close()
     return progress.done
 
@@ -160,8 +162,7 @@ async def gcn_worker_caught_up(cfg: Settings, last_change: dict[int, int]) -> bo
                for p, offset in last_change.items())
 
 
-async def refresh_gcn(cfg: Settings, embedder, progress: Progress,
-                      say: Callable[[str], None]) -> None:
+async def refresh_gcn(cfg: Settings, embedder, progress: Progress) -> None:
     """The two scheduled jobs the GCN waits on, as beat would run them: the gazetteer refresh
     gives new entities their text embeddings (the GCN's input features), then the incremental
     GCN refresh re-embeds the dirty neighbourhoods."""
@@ -169,13 +170,14 @@ async def refresh_gcn(cfg: Settings, embedder, progress: Progress,
     from ragstream.graph import open_graph_store
     from ragstream.nlp.refresh import refresh_gazetteer
 
+    progress.gcn = "embedding the new entities' text (the gazetteer refresh)"
     store = await open_graph_store(cfg)
     try:
         gazetteer = await refresh_gazetteer(store, embedder, cfg.kg.embed_batch)
     finally:
         await store.close()
-    say(f"entities linked: {gazetteer['embedded']} new entity text embeddings (gazetteer "
-        f"version {gazetteer['version']}); refreshing the GCN embeddings")
+    progress.gcn = (f"refreshing, after {gazetteer['embedded']} new entity text embeddings "
+                    f"(gazetteer version {gazetteer['version']})")
     report = await run_job("incremental", cfg)
     progress.gcn = (f"{report.mode} -> version {report.version}: {report.written} of "
                     f"{report.nodes} entity embeddings written in {report.seconds:.1f}s")
