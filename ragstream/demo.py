@@ -9,8 +9,8 @@ Every figure is read from where the work lands, never estimated:
 - the GCN: once the gcn_refresh worker has gathered every one of those changes into the dirty set
   (its group committed past them), the jobs beat would run, in this process: the gazetteer
   refresh (the new entities' text embeddings, the GCN's input) and the incremental GCN refresh
-  that ``ragstream refresh gcn --incremental`` runs; its new version is announced on
-  graph.embeddings.v1;
+  that ``ragstream refresh gcn --incremental`` runs; done when graph.embeddings.v1 carries the
+  version it made visible;
 - at the end, a hybrid search over the index, whose hits name the documents they come from.
 """
 
@@ -22,7 +22,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+
+from consumers.subscribe import subscribe
+from producers import reuters
+from producers.events import document_upserted
 from ragstream.config import Settings
+from ragstream.embedders import Embedder, load_embedder
+from ragstream.gcn.jobs import run_job
+from ragstream.graph import open_graph_store
+from ragstream.index.search import Searcher
+from ragstream.nlp.refresh import refresh_gazetteer
+from ragstream.publisher import Publisher
+from ragstream.transport.kafka import connection_options
+
+FOLLOWED = ("echo.v1", "chunks.embedded.v1", "kg.changes.v1", "graph.embeddings.v1")
 
 
 @dataclass
@@ -35,7 +50,13 @@ class Progress:
     linked: dict[str, set[str]] = field(default_factory=dict)  # doc id -> entity ids
     last_change: dict[int, int] = field(default_factory=dict)  # kg.changes.v1 partition -> offset
     gcn: str = "waiting for the entities"
-    gcn_done: bool = False
+    gcn_version: str | None = None  # the version the refresh made visible
+    announced: set[str] = field(default_factory=set)  # versions seen on graph.embeddings.v1
+
+    @property
+    def gcn_done(self) -> bool:
+        # a noop refresh keeps a version announced before: the topic holds it from its start
+        return self.gcn_version is not None and self.gcn_version in self.announced
 
     @property
     def chunks_done(self) -> bool:
@@ -57,19 +78,14 @@ class Progress:
                 f"chunks {len(self.embedded)} embedded, {len(self.searchable)} searchable "
                 f"({len(set(self.searchable.values()))}/{n} docs) | "
                 f"entities {len(self.entities)} linked ({len(self.linked)}/{n} docs) | "
-                f"GCN {self.gcn}")
+                f"GCN {self.gcn}"
+                + (", announced on graph.embeddings.v1" if self.gcn_done else ""))
 
 
 async def run(cfg: Settings, limit: int, wait: float, query: str,
               say: Callable[[str], None]) -> bool:
     """Publish ``limit`` articles, report progress until every stage is done or ``wait`` seconds
     have passed, then answer ``query``. True when every stage finished."""
-    from producers import reuters
-    from producers.events import document_upserted
-    from ragstream.embedders import load_embedder
-    from ragstream.index.search import Searcher
-    from ragstream.publisher import Publisher
-
     docs = list(reuters.load(limit=limit))
     envelopes = [document_upserted(d.doc_id, d.text, version=1, title=d.title,
                                    source="ragstream/demo", metadata={"date": d.date})
@@ -77,8 +93,7 @@ async def run(cfg: Settings, limit: int, wait: float, query: str,
     progress = Progress({d.doc_id for d in docs}, {e.id for e in envelopes})
     say("loading the query embedder")
     searcher = await asyncio.to_thread(Searcher, cfg, load_embedder(cfg))
-    tasks = [asyncio.create_task(follow(cfg, topic_name, progress))
-             for topic_name in ("echo.v1", "chunks.embedded.v1", "kg.changes.v1")]
+    tasks = [asyncio.create_task(follow(cfg, topic_name, progress)) for topic_name in FOLLOWED]
     gcn: asyncio.Task | None = None
     try:
         async with Publisher(cfg) as pub:
@@ -116,14 +131,15 @@ async def run(cfg: Settings, limit: int, wait: float, query: str,
 
 async def follow(cfg: Settings, topic_name: str, progress: Progress) -> None:
     """Fold a result topic, from its start, into ``progress``."""
-    from consumers.subscribe import subscribe
-
     async with contextlib.aclosing(subscribe(cfg, topic_name, from_beginning=True)) as events:
         async for envelope, record in events:
             data = envelope.data
             if topic_name == "echo.v1":
                 if data.source_event_id in progress.event_ids:
                     progress.receipts.add(data.source_event_id)
+            elif topic_name == "graph.embeddings.v1":
+                if envelope.subject == cfg.kg.graph_name(cfg):
+                    progress.announced.add(data.embedding_version)
             elif data.doc_id not in progress.documents:
                 continue
             elif topic_name == "chunks.embedded.v1":
@@ -134,7 +150,7 @@ async def follow(cfg: Settings, topic_name: str, progress: Progress) -> None:
                     record.offset, progress.last_change.get(record.partition, -1))
 
 
-def count_searchable(searcher, progress: Progress) -> None:
+def count_searchable(searcher: Searcher, progress: Progress) -> None:
     with searcher.replica.lock:
         state = searcher.replica.refresh()
         progress.searchable = {chunk_id: record.doc_id for chunk_id, record in state.chunks.items()
@@ -144,11 +160,6 @@ def count_searchable(searcher, progress: Progress) -> None:
 async def gcn_worker_caught_up(cfg: Settings, last_change: dict[int, int]) -> bool:
     """Whether the gcn_refresh worker has committed past every demo change on kg.changes.v1:
     then their entities are in the dirty set the refresh job drains."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.structs import TopicPartition
-
-    from ragstream.transport.kafka import connection_options
-
     admin = AIOKafkaAdminClient(**connection_options(cfg))
     await admin.start()
     try:
@@ -162,14 +173,10 @@ async def gcn_worker_caught_up(cfg: Settings, last_change: dict[int, int]) -> bo
                for p, offset in last_change.items())
 
 
-async def refresh_gcn(cfg: Settings, embedder, progress: Progress) -> None:
+async def refresh_gcn(cfg: Settings, embedder: Embedder, progress: Progress) -> None:
     """The two scheduled jobs the GCN waits on, as beat would run them: the gazetteer refresh
     gives new entities their text embeddings (the GCN's input features), then the incremental
     GCN refresh re-embeds the dirty neighbourhoods."""
-    from ragstream.gcn.jobs import run_job
-    from ragstream.graph import open_graph_store
-    from ragstream.nlp.refresh import refresh_gazetteer
-
     progress.gcn = "embedding the new entities' text (the gazetteer refresh)"
     store = await open_graph_store(cfg)
     try:
@@ -181,10 +188,10 @@ async def refresh_gcn(cfg: Settings, embedder, progress: Progress) -> None:
     report = await run_job("incremental", cfg)
     progress.gcn = (f"{report.mode} -> version {report.version}: {report.written} of "
                     f"{report.nodes} entity embeddings written in {report.seconds:.1f}s")
-    progress.gcn_done = report.version is not None
+    progress.gcn_version = None if report.version is None else str(report.version)
 
 
-def answer(searcher, query: str, say: Callable[[str], None], k: int = 3) -> None:
+def answer(searcher: Searcher, query: str, say: Callable[[str], None], k: int = 3) -> None:
     hits = searcher.search(query, k, per_document=True)
     say(f"search {query!r}: {len(hits)} hits")
     for i, hit in enumerate(hits, start=1):

@@ -80,7 +80,8 @@ def test_up_runs_the_stack_serves_the_demo_and_leaves_no_orphans(tmp_path):
         # every document's chunks searchable, every document linked, the GCN rewritten
         assert re.search(r"chunks (\d+) embedded, \1 searchable \(25/25 docs\)", final), final
         assert re.search(r"entities [1-9]\d* linked \(25/25 docs\)", final), final
-        assert re.search(r"GCN \w+ -> version \d+: [1-9]\d* of", final), final
+        assert re.search(r"GCN \w+ -> version \d+: [1-9]\d* of .*, announced on graph\.embeddings"
+                         r"\.v1$", final), final
         demo_docs = {d.doc_id for d in reuters.load(limit=25)}
         answer = progress[progress.index("search 'oil prices': 3 hits") + 1:]
         assert len(answer) == 3
