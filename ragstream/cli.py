@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -132,56 +133,26 @@ def _status_table(statuses) -> Table:
 @app.command()
 def demo(
     limit: Annotated[int, typer.Option(help="Reuters articles to publish.")] = 200,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for the results.")] = 60,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the results.")] = 180,
+    query: Annotated[str, typer.Option(help="The search to answer at the end.")]
+    = "oil prices and production",
 ) -> None:
-    """Publish a slice of Reuters-21578 to documents.v1 and show the results as they arrive.
+    """Publish a slice of Reuters-21578 to documents.v1 and follow the work as it happens: echo
+    receipts, chunks embedded and searchable, entities linked, the GCN refreshed, then a search.
 
     Uses the stack of a running ``ragstream up``; with none running, it runs its own."""
-    cfg = settings()
+    from ragstream.demo import run
+
+    say = functools.partial(console.print, soft_wrap=True, markup=False)  # one line per status
     if os.environ.get("RAGSTREAM_KAFKA_BOOTSTRAP") or "RAGSTREAM_KAFKA_BOOTSTRAP" in _stack_env():
-        asyncio.run(_demo(cfg, limit, wait))
-        return
-    from ragstream.bringup import running_stack
-    from workers import DEFAULT_STACK
+        done = asyncio.run(run(settings(), limit, wait, query, say))
+    else:
+        from ragstream.bringup import running_stack
+        from workers import DEFAULT_STACK
 
-    with running_stack(DEFAULT_STACK, _data_dir(), say=console.print) as stack:
-        asyncio.run(_demo(stack.settings, limit, wait))
-
-
-async def _demo(cfg: Settings, limit: int, wait: float) -> None:
-    from producers import reuters
-    from producers.events import document_upserted
-    from ragstream.publisher import Publisher
-    from consumers.subscribe import subscribe
-
-    docs = list(reuters.load(limit=limit))
-    envelopes = [document_upserted(d.doc_id, d.text, version=1, title=d.title,
-                                   source="ragstream/demo", metadata={"date": d.date})
-                 for d in docs]
-    wanted = {e.id for e in envelopes}
-    results = subscribe(cfg, "echo.v1", from_beginning=True)
-    async with Publisher(cfg) as pub:
-        await pub.publish(envelopes)
-    console.print(f"published {len(envelopes)} Reuters articles to documents.v1")
-    seen: set[str] = set()
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(wait):
-            async for envelope, _ in results:
-                source_id = envelope.data.source_event_id
-                if source_id in wanted and source_id not in seen:
-                    seen.add(source_id)
-                    console.print(f"[green]{envelope.type}[/] {envelope.subject} "
-                                  f"({len(seen)}/{len(wanted)})")
-                if seen == wanted:
-                    break
-    except TimeoutError:
-        pass
-    finally:
-        await results.aclose()
-    elapsed = time.monotonic() - started
-    console.print(f"{len(seen)}/{len(wanted)} results in {elapsed:.1f}s")
-    if seen != wanted:
+        with running_stack(DEFAULT_STACK, _data_dir(), say=console.print) as stack:
+            done = asyncio.run(run(stack.settings, limit, wait, query, say))
+    if not done:
         raise typer.Exit(1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,27 +56,41 @@ async def test_backfill_a_folder_resumes_from_its_checkpoint(env, settings, topi
 
 @pytest.mark.slow
 def test_up_runs_the_stack_serves_the_demo_and_leaves_no_orphans(tmp_path):
+    from producers import reuters
+
     env = {"RAGSTREAM_DATA_DIR": str(tmp_path / "stack")}
     for key in ("RAGSTREAM_KAFKA_BOOTSTRAP", "RAGSTREAM_REDIS_URL"):
         env[key] = ""  # start the embedded services, whatever the caller's environment says
-    up = subprocess.Popen([sys.executable, "-m", "ragstream", "up", "--workers", "echo",
-                           "--no-live"], env={**os.environ, **env}, text=True,
+    up = subprocess.Popen([sys.executable, "-m", "ragstream", "up", "--no-live"],
+                          env={**os.environ, **env}, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         stack_file = tmp_path / "stack" / "stack.env"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not stack_file.exists():
             assert up.poll() is None and time.monotonic() < deadline, "ragstream up did not start"
             time.sleep(0.2)
-        demo = ragstream("demo", "--limit", "25", "--wait", "60", env={
-            "RAGSTREAM_DATA_DIR": env["RAGSTREAM_DATA_DIR"]}, timeout=120)
+        demo = ragstream("demo", "--limit", "25", "--wait", "300", "--query", "oil prices", env={
+            "RAGSTREAM_DATA_DIR": env["RAGSTREAM_DATA_DIR"]}, timeout=420)
         assert demo.returncode == 0, demo.stderr
-        assert "25/25 results" in demo.stderr
+        out = demo.stderr
+        assert "25/25 results" in out
+        progress = out.splitlines()
+        final = [line for line in progress if "receipts 25/25" in line][-1]
+        # every document's chunks searchable, every document linked, the GCN rewritten
+        assert re.search(r"chunks (\d+) embedded, \1 searchable \(25/25 docs\)", final), final
+        assert re.search(r"entities [1-9]\d* linked \(25/25 docs\)", final), final
+        assert re.search(r"GCN \w+ -> version \d+: [1-9]\d* of .*, announced on graph\.embeddings"
+                         r"\.v1$", final), final
+        demo_docs = {d.doc_id for d in reuters.load(limit=25)}
+        answer = progress[progress.index("search 'oil prices': 3 hits") + 1:]
+        assert len(answer) == 3
+        assert {line.split()[1] for line in answer} <= demo_docs, answer
         children = _children(up.pid)
-        assert len(children) >= 3  # tansu, falkordb, the echo worker
+        assert len(children) >= 7  # tansu, weed, falkordb, the five workers
     finally:
         up.send_signal(signal.SIGTERM)
-        output, _ = up.communicate(timeout=60)
+        output, _ = up.communicate(timeout=90)
     assert up.returncode == 0, output
     assert "stopped cleanly" in output
     assert not stack_file.exists()
