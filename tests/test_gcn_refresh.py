@@ -66,3 +66,25 @@ def _async_redis(falkordb):
     import redis.asyncio
 
     return redis.asyncio.Redis(port=falkordb.port)
+
+
+async def test_a_graph_with_no_text_embeddings_yet_is_a_noop_not_a_crash(settings, falkordb):
+    """A fresh stack, before the gazetteer refresh gave any entity its text embedding: the
+    read used to fail reshaping an empty tensor, so every refresh job failed."""
+    from ragstream.gcn.jobs import run_job
+    from ragstream.gcn.store import EmbeddingStore
+    from ragstream.graph.backends import FalkorBackend
+    from tests.gcn_support import SMALL, graph_settings
+
+    kg = graph_settings()
+    backend = FalkorBackend(falkordb.url, kg.graph)
+    await backend.ensure_schema()
+    try:
+        graph = await EmbeddingStore(backend).read_graph()
+        assert graph.num_nodes == 0
+        for mode in ("incremental", "retrain"):
+            report = await run_job(mode, settings, SMALL, kg)
+            assert report.mode == "noop", report
+    finally:
+        await backend.delete_graph()
+        await backend.close()

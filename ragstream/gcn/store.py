@@ -47,8 +47,10 @@ class EmbeddingStore:
         pairs = torch.tensor([[a for a, _, _ in edges], [b for _, b, _ in edges]],
                              dtype=torch.long).reshape(2, -1)
         weights = torch.tensor([float(w) for _, _, w in edges], dtype=torch.float32)
-        return EntityGraph([id_ for _, id_, _ in nodes], text.reshape(len(nodes), -1),
-                           pairs, weights)
+        # no entity with a text embedding yet (a fresh stack, before the gazetteer refresh):
+        # an empty graph, which the jobs answer with a no-op, not a reshape error
+        text = text.reshape(len(nodes), -1) if nodes else torch.zeros((0, 0))
+        return EntityGraph([id_ for _, id_, _ in nodes], text, pairs, weights)
 
     async def read_entities(self, ids: Iterable[str]) -> list[EntityRow]:
         ids = sorted(set(ids))
