@@ -21,7 +21,9 @@ NO_NUL = r"^[^\x00]*$"
 # same types, so it answers 422 instead of failing to build the event.
 DocumentTitle = Annotated[str, Field(max_length=10_000, pattern=NO_NUL)]
 DocumentText = Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=NO_NUL)]
-DocumentMetadata = dict[str, str | int | float | bool | None]
+# keys bounded and NUL-free like the values (the graph store takes neither a NUL nor an endless key)
+DocumentMetadata = dict[Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)],
+                        Annotated[str, Field(pattern=NO_NUL)] | int | float | bool | None]
 # Versions stay exact everywhere they go: a double in the index's Lua, an int64 in the graph
 # stores, a number in JSON readers. 10**30 used to pass, turned into 1e30 in the index and locked
 # the document out of it for good.

@@ -174,3 +174,12 @@ def test_an_inference_request_with_a_number_for_text_is_refused_at_the_contract(
     with pytest.raises(DecodeError) as err:
         decode(topic("inference.requests.v1"), json.dumps(raw).encode(), LIMIT)
     assert err.value.reason == "invalid_payload" and "BYTES data must be strings" in str(err.value)
+
+
+@pytest.mark.parametrize("metadata", [{"a\u0000b": 1}, {"k": "v\u0000"}, {"k" * 257: 1}, {"": 1}])
+def test_metadata_keys_and_values_meet_the_text_rules(metadata):
+    raw = json.loads(encode(document_upserted("d", "t", version=1)).value)
+    raw["data"]["metadata"] = metadata
+    with pytest.raises(DecodeError) as err:
+        decode(topic("documents.v1"), json.dumps(raw).encode(), LIMIT)
+    assert err.value.reason == "invalid_payload" and "metadata" in err.value.message

@@ -102,7 +102,7 @@ async def limits_and_access_log(request: Request, call_next):
             response = await call_next(request)
             span.set_attribute("http.response.status_code", response.status_code)
             # the route's template, a low-cardinality name: path_format is /v1/documents/{doc_id},
-            # where path holds the converter ({doc_id:path})
+            # where path holds the converter ({doc_id:anyid})
             if (matched := request.scope.get("route")) is not None:
                 span.update_name(f"gateway {request.method} {matched.path_format}")
                 span.set_attribute("http.route", matched.path_format)

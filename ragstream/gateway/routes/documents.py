@@ -6,6 +6,7 @@ as ``%2F``."""
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.convertors import Convertor, register_url_convertor
 
 from producers.events import document_deleted, document_upserted
 from ragstream.gateway.body import StrictJSONRoute
@@ -14,11 +15,26 @@ from ragstream.gateway.dependencies import (Caller, EventPublisher, GatewayState
 from ragstream.gateway.models import Accepted, DocId, DocumentIn, VersionQuery
 from ragstream.publisher import encode
 
+class AnyId(Convertor):
+    """An id that may hold ``/`` and, for the contract to refuse with a 422, anything else:
+    Starlette's ``path`` (``.*``) does not match a newline, and such an id was a 404."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anyid", AnyId())
+
 router = APIRouter(tags=["publish"], dependencies=[require("publish")],
                    route_class=StrictJSONRoute)
 
 
-@router.put("/v1/documents/{doc_id:path}", response_model=Accepted, status_code=202)
+@router.put("/v1/documents/{doc_id:anyid}", response_model=Accepted, status_code=202)
 async def put_document(doc_id: DocId, body: DocumentIn, gateway: GatewayState,
                        publisher: EventPublisher, trace: Trace, key: Caller) -> Accepted:
     envelope = document_upserted(doc_id, body.text, version=body.version, title=body.title,
@@ -35,7 +51,7 @@ async def put_document(doc_id: DocId, body: DocumentIn, gateway: GatewayState,
     return Accepted(id=envelope.id, topic=message.topic)
 
 
-@router.delete("/v1/documents/{doc_id:path}", response_model=Accepted, status_code=202)
+@router.delete("/v1/documents/{doc_id:anyid}", response_model=Accepted, status_code=202)
 async def delete_document(doc_id: DocId, version: VersionQuery,
                           gateway: GatewayState, publisher: EventPublisher) -> Accepted:
     envelope = document_deleted(doc_id, version=version, source="ragstream/gateway")
