@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import TopicPartition
 
 from consumers.subscribe import subscribe
 from producers import reuters
@@ -35,7 +33,8 @@ from ragstream.graph import open_graph_store
 from ragstream.index.search import Searcher
 from ragstream.nlp.refresh import refresh_gazetteer
 from ragstream.publisher import Publisher
-from ragstream.transport.kafka import connection_options
+from ragstream.transport.base import TopicPartition
+from ragstream.transport.kafka import committed_offsets
 
 FOLLOWED = ("echo.v1", "chunks.embedded.v1", "kg.changes.v1", "graph.embeddings.v1")
 
@@ -160,16 +159,10 @@ def count_searchable(searcher: Searcher, progress: Progress) -> None:
 async def gcn_worker_caught_up(cfg: Settings, last_change: dict[int, int]) -> bool:
     """Whether the gcn_refresh worker has committed past every demo change on kg.changes.v1:
     then their entities are in the dirty set the refresh job drains."""
-    admin = AIOKafkaAdminClient(**connection_options(cfg))
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(
-            cfg.group_id("gcn_refresh"),
-            partitions=[TopicPartition("kg.changes.v1", p) for p in last_change])
-    finally:
-        await admin.close()
-    return all(committed.get(TopicPartition("kg.changes.v1", p)) is not None
-               and committed[TopicPartition("kg.changes.v1", p)].offset > offset
+    committed = await committed_offsets(
+        cfg, cfg.group_id("gcn_refresh"),
+        [TopicPartition("kg.changes.v1", p) for p in last_change])
+    return all(committed[TopicPartition("kg.changes.v1", p)] > offset
                for p, offset in last_change.items())
 
 
