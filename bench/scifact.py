@@ -26,7 +26,7 @@ from producers.events import document_upserted  # noqa: E402
 from ragstream.publisher import Publisher  # noqa: E402
 from ragstream.datasets import shared_data_dir  # noqa: E402
 from ragstream.embedders import MiniLMEmbedder  # noqa: E402
-from ragstream.index.search import FusionWeights, Searcher  # noqa: E402
+from ragstream.vectorstores.search import FusionWeights, Searcher  # noqa: E402
 
 METHODS = {"bm25": FusionWeights(dense=0, sparse=1), "dense": FusionWeights(dense=1, sparse=0),
            "hybrid": FusionWeights(dense=1, sparse=1)}
@@ -62,9 +62,7 @@ async def ingest(settings, embedder, beir: Beir, searcher: Searcher) -> float:
             await pub.publish(document_upserted(d, text, version=1, title=title)
                               for d, (title, text) in beir.corpus.items())
         while True:
-            with searcher.replica.lock:
-                docs = {c.doc_id for c in searcher.replica.refresh().chunks.values()}
-            if len(docs) >= len(beir.corpus):
+            if searcher.store.counts().documents >= len(beir.corpus):
                 return time.perf_counter() - started
             await asyncio.sleep(0.5)
 

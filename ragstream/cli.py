@@ -308,8 +308,8 @@ def search(
     = False,
 ) -> None:
     """Hybrid search of the live index: dense and BM25 fused with reciprocal rank fusion."""
-    from ragstream.index.search import FusionWeights
-    from ragstream.index.search import search as run_search
+    from ragstream.vectorstores.search import FusionWeights
+    from ragstream.vectorstores.search import search as run_search
 
     hits = run_search(settings(), query, k, FusionWeights(dense=dense, sparse=sparse),
                       per_document)

@@ -3,9 +3,9 @@
 Each value comes from ``RAGSTREAM_<NAME>`` or from a secret file named by ``RAGSTREAM_<NAME>_FILE``
 (Docker and Kubernetes secrets). The root holds the runtime's own settings; a section groups the
 settings of one part (``settings.kg``, ``settings.gcn``, ``settings.schedule``,
-``settings.gateway``), each read from its own variable prefix (``RAGSTREAM_KG_ORPHANS`` is
-``settings.kg.orphans``). ``Settings.variables()`` lists every name the tree reads.
-Secrets are ``SecretStr``: they print as ``**********`` and are registered with the log redactor.
+``settings.gateway``, ``settings.store``), each read from its own variable prefix
+(``RAGSTREAM_KG_ORPHANS`` is ``settings.kg.orphans``). ``Settings.variables()`` lists every name
+the tree reads. Secrets are ``SecretStr``: they print as ``**********`` and are registered with the log redactor.
 """
 
 from __future__ import annotations
@@ -134,8 +134,67 @@ class GatewaySettings(Section):
     infer_timeout_s: float = Field(default=10.0, gt=0)
 
 
+STORE_BACKENDS = ("embedded", "pgvector", "qdrant")
+StoreName = Literal["embedded", "pgvector", "qdrant"]
+
+
+class StoreSettings(Section):
+    """The vector stores kept fresh and searched (``RAGSTREAM_STORE_*``; see docs/stores.md).
+
+    ``search`` is the store that search reads by default; ``fresh`` lists every store the
+    reindex keeps current (comma-separated), each through its own consumer group, so a slow or
+    down store never holds back another. Credentials are secrets: ``RAGSTREAM_STORE_PGVECTOR_DSN``
+    or ``..._DSN_FILE``, ``RAGSTREAM_STORE_QDRANT_API_KEY`` or ``..._API_KEY_FILE``."""
+
+    env_prefix = "store_"
+
+    search: StoreName = "embedded"
+    fresh: str = ""  # empty: the search store only
+
+    # PostgreSQL + pgvector: one table per deployment (``<group_prefix>_chunks``, made safe)
+    pgvector_dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/ragstream")
+    pgvector_table: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]{0,40})?$")
+    pgvector_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca",
+                              "verify-full"] = "prefer"
+    pgvector_sslrootcert: Path | None = None
+    pgvector_pool_min: int = Field(default=1, ge=0)
+    pgvector_pool_max: int = Field(default=8, ge=1)
+    pgvector_timeout_s: float = Field(default=10.0, gt=0)
+    pgvector_hnsw_m: int = Field(default=16, ge=2, le=100)
+    pgvector_hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
+    pgvector_hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
+
+    # Qdrant: a server at ``qdrant_url`` (qdrant-client), or, with no URL, the engine embedded in
+    # this process (qdrant-edge-py) under ``<data_dir>/qdrant``
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    qdrant_collection: str = Field(default="", pattern=r"^([A-Za-z0-9_.-]{1,100})?$")
+    qdrant_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("fresh")
+    @classmethod
+    def _known_stores(cls, value: str) -> str:
+        unknown = {n.strip() for n in value.split(",") if n.strip()} - set(STORE_BACKENDS)
+        if unknown:
+            raise ValueError(f"unknown stores {sorted(unknown)}; known: {list(STORE_BACKENDS)}")
+        return value
+
+    @property
+    def fresh_stores(self) -> tuple[str, ...]:
+        """Every store the reindex keeps current, the search store among them."""
+        named = [n.strip() for n in self.fresh.split(",") if n.strip()]
+        return tuple(dict.fromkeys([self.search, *named]))
+
+    def name_in(self, settings: Settings, store: str) -> str:
+        """The table or collection of this deployment in ``store``."""
+        given = {"pgvector": self.pgvector_table, "qdrant": self.qdrant_collection}.get(store)
+        safe = "".join(ch if ch.isalnum() else "_" for ch in settings.group_prefix.lower())
+        return given or f"{safe}_chunks"
+
+
 SECTIONS: dict[str, type[Section]] = {"kg": KgSettings, "gcn": GcnSettings,
-                                      "schedule": ScheduleSettings, "gateway": GatewaySettings}
+                                      "schedule": ScheduleSettings, "gateway": GatewaySettings,
+                                      "store": StoreSettings}
 
 
 class Settings(BaseSettings):
@@ -237,6 +296,7 @@ class Settings(BaseSettings):
     gcn: GcnSettings = Field(default_factory=GcnSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

@@ -30,7 +30,7 @@ from ragstream.config import Settings
 from ragstream.embedders import Embedder, load_embedder
 from ragstream.gcn.jobs import run_job
 from ragstream.graph import open_graph_store
-from ragstream.index.search import Searcher
+from ragstream.vectorstores.search import Searcher
 from ragstream.nlp.refresh import refresh_gazetteer
 from ragstream.publisher import Publisher
 from ragstream.transport.base import TopicPartition
@@ -150,10 +150,12 @@ async def follow(cfg: Settings, topic_name: str, progress: Progress) -> None:
 
 
 def count_searchable(searcher: Searcher, progress: Progress) -> None:
-    with searcher.replica.lock:
-        state = searcher.replica.refresh()
-        progress.searchable = {chunk_id: record.doc_id for chunk_id, record in state.chunks.items()
-                               if record.doc_id in progress.documents}
+    searchable: dict[str, str] = {}
+    after = None
+    while page := searcher.store.scan(after, 1_000):
+        searchable |= {c.chunk_id: c.doc_id for c in page if c.doc_id in progress.documents}
+        after = page[-1].chunk_id
+    progress.searchable = searchable
 
 
 async def gcn_worker_caught_up(cfg: Settings, last_change: dict[int, int]) -> bool:

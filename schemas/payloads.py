@@ -70,6 +70,8 @@ class ChunkEmbedded(Payload):
     vector: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(default=None,
                                                                              max_length=8192)
     vector_ref: str | None = None
+    # the document's metadata, on each of its chunks, so that search can filter on it
+    metadata: DocumentMetadata = Field(default_factory=dict)
     # when the source document event happened: the index measures event-to-searchable from it
     source_time: datetime | None = None
 

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from producers.events import document_deleted, document_upserted
 from ragstream.publisher import Publisher
 from ragstream.chunking import Chunker
-from ragstream.index.search import FusionWeights, Searcher
+from ragstream.vectorstores.search import FusionWeights, Searcher
 from ragstream.transport.kafka import connection_options
 from tests.helpers import eventually, read_topic
 from tests.retrieval_support import (indexed_chunks, log_length, metric, pipeline, processed,

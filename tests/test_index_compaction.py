@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ragstream.index.search import FusionWeights, Searcher
+from ragstream.vectorstores.search import FusionWeights, Searcher
 from ragstream.index import snapshots
 from ragstream.index.compaction import compact
 from ragstream.index.replica import IndexReplica
@@ -68,7 +68,7 @@ def test_queries_during_compaction_never_fail_or_see_a_partial_index(settings, r
     assert versions == list(range(1, len(versions) + 1))
     assert len(seen) >= 3 and all(s == N for s, _ in seen), set(seen)
     assert all(d >= 0.95 * N for _, d in seen), set(seen)  # HNSW: near-complete at this size
-    assert searcher.replica.refresh().version == versions[-1]
+    assert searcher.store.replica.refresh().version == versions[-1]
     searcher.close()
     # the two newest versions are kept for readers still loading the previous one
     root = snapshots.index_dir(settings.data_dir)

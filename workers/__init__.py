@@ -15,7 +15,9 @@ REGISTRY: dict[str, str] = {
     "noop": "workers.noop:NoopWorker",
     "entity_linking": "workers.entity_linking:EntityLinkingWorker",
     "embedding": "workers.embedding:EmbeddingWorker",
-    "reindex": "workers.reindex:ReindexWorker",
+    "reindex": "workers.reindex:ReindexWorker",  # the embedded index
+    "reindex_pgvector": "workers.reindex:PgvectorReindexWorker",
+    "reindex_qdrant": "workers.reindex:QdrantReindexWorker",
     "gcn_refresh": "workers.gcn_refresh:GcnRefreshWorker",
     "batch_inference": "workers.batch_inference:BatchInferenceWorker",  # needs Triton
 }

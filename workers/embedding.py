@@ -9,8 +9,11 @@ that version made (chunks upserted, chunks removed). An event is compared with t
 - the same version and content: a replay after a crash. The ledger may have been written before
   the results were published, so the change recorded for that version is published again;
   downstream upserts are idempotent, so a double publish is harmless and a lost one is not;
-- the same version with other content: the producer reused a version. It is dead-lettered
-  (``version_reused``); the stores keep the content they have, alike.
+- the same version with other content or metadata: the producer reused a version. It is
+  dead-lettered (``version_reused``); the stores keep the content they have, alike.
+
+Every chunk carries its document's metadata (search filters on it), so a version whose metadata
+changed upserts all its chunks again, their vectors from the cache.
 
 The change a ledger records is the change since the last state known to be published: when
 several versions of a document arrive in one batch, or a replayed version is followed by a newer
@@ -37,6 +40,7 @@ from ragstream.chunking import Chunk, Chunker, TooManyChunks, text_hash
 from ragstream.embedders import Embedder
 from ragstream.runtime import Batch, Event, Sink, Worker, WorkerContext
 from ragstream.stores.keys import Keys
+from ragstream.vectorstores.base import canonical_metadata
 from schemas.catalogue import CHUNK_EMBEDDED, CHUNKS_DELETED
 from schemas.payloads import ChunkEmbedded, ChunksDeleted, DocumentDeleted, DocumentUpserted
 
@@ -51,6 +55,8 @@ class Ledger:
     embedding: str = ""  # model id and cache namespace the chunks were embedded with
     deleted: bool = False
     content: str = ""  # sha256 of the version's title and text ("" in ledgers written before)
+    # sha256 of the version's metadata, which every chunk carries ("" in ledgers written before)
+    metadata: str = ""
     chunks: dict[str, str] = field(default_factory=dict)  # chunk id -> text hash
     upserted: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -200,7 +206,7 @@ class EmbeddingWorker(Worker):
                 return _Plan(event, [], ledger.removed, deleted_document=True)
             removed = sorted(ledger.chunks)
             self._record(ledgers, unpublished, doc.doc_id,
-                         Ledger(doc.version, embedding, True, "", {}, [], removed))
+                         Ledger(doc.version, embedding, True, "", "", {}, [], removed))
             return _Plan(event, [], removed, deleted_document=True)
 
         assert isinstance(doc, DocumentUpserted)
@@ -211,10 +217,11 @@ class EmbeddingWorker(Worker):
             batch.reject(event, "too_many_chunks", str(chunks))
             return None
         content = text_hash(f"{doc.title}\x00{doc.text}")
+        metadata = text_hash(canonical_metadata(doc.metadata))
         hashes = {c.chunk_id: c.text_hash for c in chunks}
         if doc.version == ledger.version:
             same = content == ledger.content if ledger.content else hashes == ledger.chunks
-            if not same:
+            if not same or ledger.metadata not in ("", metadata):
                 batch.reject(event, "version_reused", f"version {doc.version} of {doc.doc_id!r} "
                              "was applied with other content; a change needs a higher version")
                 return None
@@ -222,11 +229,12 @@ class EmbeddingWorker(Worker):
                 unpublished.add(doc.doc_id)
                 upserted = set(ledger.upserted)
                 return _Plan(event, [c for c in chunks if c.chunk_id in upserted], ledger.removed)
-        reuse = ledger.chunks if embedding == ledger.embedding else {}
+        same_chunks = embedding == ledger.embedding and metadata == ledger.metadata
+        reuse = ledger.chunks if same_chunks else {}
         upserts = [c for c in chunks if reuse.get(c.chunk_id) != c.text_hash]
         removed = sorted(set(ledger.chunks) - set(hashes))
         self._record(ledgers, unpublished, doc.doc_id,
-                     Ledger(doc.version, embedding, False, content, hashes,
+                     Ledger(doc.version, embedding, False, content, metadata, hashes,
                             [c.chunk_id for c in upserts], removed))
         return _Plan(event, upserts, removed)
 
@@ -274,7 +282,7 @@ class EmbeddingWorker(Worker):
                 chunk_id=c.chunk_id, doc_id=doc.doc_id, doc_version=doc.version,
                 position=c.position, text=c.text, text_hash=c.text_hash,
                 model_id=self._embedder.model_id, vector=vectors[c.text_hash].tolist(),
-                source_time=source_time), cause=event)
+                metadata=doc.metadata, source_time=source_time), cause=event)
         if plan.removed or plan.deleted_document:
             batch.emit(OUT_TOPIC, CHUNKS_DELETED, ChunksDeleted(
                 doc_id=doc.doc_id, doc_version=doc.version, chunk_ids=plan.removed,

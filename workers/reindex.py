@@ -1,62 +1,73 @@
-"""Reindex: chunks.embedded.v1 in; the hybrid index's chunk store and change log out.
+"""Reindex: chunks.embedded.v1 in; one vector store's chunks out.
 
-The worker writes each batch to Redis with one atomic script that ignores outdated document
-versions and logs only real changes (see ragstream/index/store.py). Once that write returns, the
-change is searchable: every reader replica applies the log before it answers a query. The
-freshness histogram measures from the source document event to that moment.
+Each store a deployment keeps fresh (``RAGSTREAM_STORE_FRESH``) has its own reindex worker and
+consumer group, so a slow or down store never holds back another: ``reindex`` writes the embedded
+index, ``reindex_pgvector`` PostgreSQL, ``reindex_qdrant`` Qdrant. The store applies each batch
+with its version guard (ragstream.vectorstores.base): a replay or an outdated version changes
+nothing. Once ``apply`` returns, the change is searchable; the freshness histogram measures from
+the source document event to that moment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 
+import numpy as np
 from prometheus_client import Counter, Histogram
 
 from ragstream.embedders import stored_vectors
-from ragstream.index.store import APPLY_CHANGES, delete_args, upsert_args
+from ragstream.errors import unavailable_types
 from ragstream.metrics import LATENCY_BUCKETS
 from ragstream.runtime import Batch, Sink, Worker, WorkerContext
-from ragstream.stores.redis import connect
+from ragstream.vectorstores import open_store
+from ragstream.vectorstores.base import (ChunkStore, ChunkUpsert, DocumentDelete, Operation,
+                                         StoreUnavailable)
 from schemas.payloads import ChunkEmbedded, ChunksDeleted
 
 
-class IndexSink(Sink):
-    def __init__(self, client, prefix: str, freshness: Histogram, changes: Counter):
-        self._apply = client.register_script(APPLY_CHANGES)
-        self._prefix = prefix
+class StoreSink(Sink):
+    def __init__(self, store: ChunkStore, freshness: Histogram, changes: Counter):
+        self._store = store
         self._freshness = freshness
         self._changes = changes
 
-    async def flush(self, items: list[tuple[list, datetime | None]]) -> None:
-        args = [self._prefix] + [a for op, _ in items for a in op]
-        changed = await self._apply(keys=[], args=args)
+    async def flush(self, items: list[tuple[Operation, datetime | None]]) -> None:
+        try:
+            changed = await asyncio.to_thread(self._store.apply, [op for op, _ in items])
+        except unavailable_types() as exc:  # the client library's own "down" errors
+            raise StoreUnavailable(f"{self._store.name}: {exc}") from exc
         now = time.time()
         for (op, source_time), n in zip(items, changed, strict=True):
             if n:
-                self._changes.labels(op[0]).inc(n)
+                self._changes.labels(self._store.name,
+                                     "upsert" if isinstance(op, ChunkUpsert) else "delete").inc(n)
                 if source_time is not None:
-                    self._freshness.observe(max(now - source_time.timestamp(), 0.0))
+                    self._freshness.labels(self._store.name).observe(
+                        max(now - source_time.timestamp(), 0.0))
 
 
 class ReindexWorker(Worker):
     name = "reindex"
     consumes = ("chunks.embedded.v1",)
+    store = "embedded"
 
     async def setup(self, ctx: WorkerContext) -> None:
         r = ctx.metrics.registry
         freshness = Histogram("ragstream_index_freshness_seconds",
-                              "Source document event time to searchable time",
-                              buckets=LATENCY_BUCKETS, registry=r)
-        changes = Counter("ragstream_index_changes", "Chunks upserted or deleted in the index",
-                          ("op",), registry=r)
+                              "Source document event time to searchable time, per store",
+                              ("store",), buckets=LATENCY_BUCKETS, registry=r)
+        changes = Counter("ragstream_index_changes", "Chunks upserted or deleted, per store",
+                          ("store", "op"), registry=r)
         self._model_id, self._dimension = stored_vectors(ctx.settings)
-        self._redis = connect(ctx.settings)
-        self.sinks = {"index": IndexSink(self._redis, ctx.settings.group_prefix, freshness,
-                                         changes)}
+        self._store = await asyncio.to_thread(open_store, ctx.settings, self.store)
+        # a table or collection of another model would mix vectors that cannot be compared
+        await asyncio.to_thread(self._store.ensure_schema, self._model_id, self._dimension)
+        self.sinks = {"store": StoreSink(self._store, freshness, changes)}
 
     async def teardown(self) -> None:
-        await self._redis.aclose()
+        await asyncio.to_thread(self._store.close)
 
     async def process(self, batch: Batch) -> None:
         for event in batch.events:
@@ -69,12 +80,28 @@ class ReindexWorker(Worker):
                 # answered 500 everywhere until the index was rebuilt
                 if (c.model_id, len(c.vector)) != (self._model_id, self._dimension):
                     batch.reject(event, "wrong_embedding", f"chunk {c.chunk_id} holds "
-                                 f"{len(c.vector)} dimensions of {c.model_id!r}; this index "
+                                 f"{len(c.vector)} dimensions of {c.model_id!r}; this store "
                                  f"holds {self._dimension} of {self._model_id!r}")
                     continue
-                op = upsert_args(c.chunk_id, c.doc_id, c.doc_version, c.position, c.text,
-                                 c.text_hash, c.model_id, c.vector)
+                op: Operation = ChunkUpsert(c.chunk_id, c.doc_id, c.doc_version, c.position,
+                                            c.text, c.text_hash, c.model_id,
+                                            np.asarray(c.vector, dtype=np.float32), c.metadata)
             else:
                 assert isinstance(c, ChunksDeleted)
-                op = delete_args(c.doc_id, c.doc_version, c.chunk_ids, c.all_chunks)
-            batch.write("index", (op, c.source_time))
+                op = DocumentDelete(c.doc_id, c.doc_version, c.chunk_ids, c.all_chunks)
+            batch.write("store", (op, c.source_time))
+
+
+class PgvectorReindexWorker(ReindexWorker):
+    name = "reindex_pgvector"
+    store = "pgvector"
+
+
+class QdrantReindexWorker(ReindexWorker):
+    name = "reindex_qdrant"
+    store = "qdrant"
+
+
+def worker_name(store: str) -> str:
+    """The reindex worker (and consumer group) that keeps ``store`` fresh."""
+    return "reindex" if store == "embedded" else f"reindex_{store}"

@@ -71,7 +71,7 @@ class Gateway:
         embedder = await self.embedder()
         async with self._models_lock:
             if self._searcher is None:
-                from ragstream.index.search import Searcher
+                from ragstream.vectorstores.search import Searcher
 
                 self._searcher = Searcher(self.settings, embedder)
         return self._searcher

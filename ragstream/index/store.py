@@ -2,7 +2,8 @@
 
 Keys (``p`` is the deployment's group prefix; the families are named in ragstream.stores.keys):
 
-- ``p:index:chunk:<chunk id>``: a hash with the chunk's document, text, hash, model and vector;
+- ``p:index:chunk:<chunk id>``: a hash with the chunk's document, text, hash, model, vector and
+  metadata (canonical JSON);
 - ``p:index:doc:<doc id>``: the highest document version applied (older events are ignored);
 - ``p:index:doc_chunks:<doc id>``: the document's chunk ids, for a tombstone;
 - ``p:index:log``: a stream with one entry per change that took effect, in the order applied;
@@ -15,11 +16,14 @@ the index, so replaying events appends nothing and leaves the index identical. E
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-# ARGV: prefix, then operations, each "upsert" + 8 fields or "delete" + doc, version, all, n, ids.
+# ARGV: prefix, then operations, each "upsert" + 9 fields or "delete" + doc, version, all, n, ids.
 # Returns, per operation, how many chunks it changed (0 for a replay or an outdated version).
 APPLY_CHANGES = """
 local p = ARGV[1]
@@ -34,18 +38,21 @@ while i <= #ARGV do
   local current = tonumber(redis.call('HGET', doc_key, 'version') or '-1')
   local n = 0
   if op == 'upsert' then
-    local cid, pos, text, hash, model, vec =
-      ARGV[i + 1], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
-    i = i + 9
+    local cid, pos, text, hash, model, vec, meta =
+      ARGV[i + 1], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
+    i = i + 10
     if version >= current then
       local key = p .. ':index:chunk:' .. cid
-      local old = redis.call('HMGET', key, 'text_hash', 'model_id', 'vector', 'position')
-      if old[1] ~= hash or old[2] ~= model or old[3] ~= vec or old[4] ~= pos then
+      local old = redis.call('HMGET', key, 'text_hash', 'model_id', 'vector', 'position',
+                             'metadata')
+      if old[1] ~= hash or old[2] ~= model or old[3] ~= vec or old[4] ~= pos
+         or (old[5] or '{}') ~= meta then
         redis.call('HSET', key, 'doc_id', doc_id, 'doc_version', version, 'position', pos,
-                   'text', text, 'text_hash', hash, 'model_id', model, 'vector', vec)
+                   'text', text, 'text_hash', hash, 'model_id', model, 'vector', vec,
+                   'metadata', meta)
         redis.call('SADD', members, cid)
         redis.call('XADD', log, '*', 'op', 'upsert', 'chunk_id', cid, 'doc_id', doc_id,
-                   'position', pos, 'text', text, 'vector', vec)
+                   'position', pos, 'text', text, 'vector', vec, 'metadata', meta)
         n = 1
       end
       if version > current then redis.call('HSET', doc_key, 'version', version) end
@@ -79,6 +86,7 @@ class ChunkRecord:
     doc_id: str
     position: int
     text: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +99,10 @@ class Change:
 
 
 def upsert_args(chunk_id: str, doc_id: str, doc_version: int, position: int, text: str,
-                text_hash: str, model_id: str, vector: np.ndarray) -> list:
+                text_hash: str, model_id: str, vector: np.ndarray, metadata: str = "{}") -> list:
+    """``metadata``: canonical JSON (ragstream.vectorstores.base.canonical_metadata)."""
     return ["upsert", chunk_id, doc_id, doc_version, position, text, text_hash, model_id,
-            np.asarray(vector, dtype=np.float32).tobytes()]
+            np.asarray(vector, dtype=np.float32).tobytes(), metadata]
 
 
 def delete_args(doc_id: str, doc_version: int, chunk_ids: list[str], all_chunks: bool) -> list:
@@ -105,15 +114,18 @@ def parse_change(fields: dict[bytes, bytes]) -> Change:
     chunk_id = fields[b"chunk_id"].decode()
     if fields[b"op"] == b"delete":
         return Change(chunk_id)
-    record = ChunkRecord(chunk_id, fields[b"doc_id"].decode(), int(fields[b"position"]),
-                         fields[b"text"].decode())
-    return Change(chunk_id, record, np.frombuffer(fields[b"vector"], dtype=np.float32))
+    return Change(chunk_id, _record(chunk_id, fields),
+                  np.frombuffer(fields[b"vector"], dtype=np.float32))
 
 
 def parse_chunk(chunk_id: str, fields: dict[bytes, bytes]) -> tuple[ChunkRecord, np.ndarray]:
-    record = ChunkRecord(chunk_id, fields[b"doc_id"].decode(), int(fields[b"position"]),
-                         fields[b"text"].decode())
-    return record, np.frombuffer(fields[b"vector"], dtype=np.float32)
+    return _record(chunk_id, fields), np.frombuffer(fields[b"vector"], dtype=np.float32)
+
+
+def _record(chunk_id: str, fields: dict[bytes, bytes]) -> ChunkRecord:
+    # entries written before chunks carried metadata have none
+    return ChunkRecord(chunk_id, fields[b"doc_id"].decode(), int(fields[b"position"]),
+                       fields[b"text"].decode(), json.loads(fields.get(b"metadata", b"{}")))
 
 
 def stream_id(raw: bytes | str) -> tuple[int, int]:

@@ -7,6 +7,7 @@
   from ``p`` itself, so a batch applies atomically);
 - ``p:embedding:ledger:<doc>``, ``p:embedding:cache:<model>:<hash>``, ``p:embedding:namespace``:
   the embedding worker's ledgers and vector cache;
+- ``p:backfill:<store>``: where a backfill of that store stopped;
 - ``p:ratelimit:<api key id>``: the gateway's token buckets;
 - ``p:echo:...``: the echo worker's ledger (workers/echo.py);
 - ``p.kg``: the FalkorDB graph, unless ``RAGSTREAM_KG_GRAPH`` names one.
@@ -55,6 +56,15 @@ class Keys:
 
     def index_doc_chunks(self, doc_id: str) -> str:
         return f"{self.prefix}:index:doc_chunks:{doc_id}"
+
+    @property
+    def index_schema(self) -> str:
+        """A hash: the model id and dimension of the index's vectors."""
+        return f"{self.prefix}:index:schema"
+
+    def store_backfill(self, store: str) -> str:
+        """The last chunk id ``ragstream reindex --to <store>`` copied (it resumes after it)."""
+        return f"{self.prefix}:backfill:{store}"
 
     # the embedding worker
     def embedding_ledger(self, doc_id: str) -> str:

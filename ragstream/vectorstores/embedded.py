@@ -1,0 +1,137 @@
+"""The embedded store: chunks in Redis, a usearch + tantivy replica in each reader (ragstream.index).
+
+Writes go through one Lua script that applies a batch atomically and logs only real changes;
+reads refresh this process's replica from the log first, so a change is searchable as soon as
+``apply`` returns. It needs nothing but the Redis the deployment already has, and stays the
+default of ``make run``. It does not shard: every chunk lives in one Redis (the script needs
+every key of a batch on one node), and every reader holds a full copy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ragstream.config import Settings
+from ragstream.index.replica import IndexReplica, IndexState
+from ragstream.index.store import APPLY_CHANGES, delete_args, upsert_args
+from ragstream.stores.redis import connect_sync
+from ragstream.vectorstores.base import (NO_FILTER, Candidates, ChunkStore, ChunkUpsert, Counts,
+                                         DocumentDelete, Filter, Operation, StoredChunk,
+                                         StoreMismatch, canonical_metadata)
+
+
+class EmbeddedStore(ChunkStore):
+    name = "embedded"
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._keys = settings.keys
+        self._redis = connect_sync(settings)
+        self._apply = self._redis.register_script(APPLY_CHANGES)
+        self._replica: IndexReplica | None = None  # a writer never loads one
+
+    @property
+    def replica(self) -> IndexReplica:
+        if self._replica is None:
+            self._replica = IndexReplica(self._settings)
+        return self._replica
+
+    def close(self) -> None:
+        if self._replica is not None:
+            self._replica.close()
+        self._redis.close()
+
+    def ensure_schema(self, model_id: str, dimension: int) -> None:
+        key = self._keys.index_schema
+        self._redis.hsetnx(key, "model_id", model_id)
+        self._redis.hsetnx(key, "dimension", dimension)
+        held = self._redis.hmget(key, "model_id", "dimension")
+        if (held[0].decode(), int(held[1])) != (model_id, dimension):
+            raise StoreMismatch(
+                f"the embedded index of {self._settings.group_prefix!r} holds {int(held[1])}-d "
+                f"vectors of {held[0].decode()!r}; this deployment writes {dimension}-d vectors of "
+                f"{model_id!r}. Re-embed into a new RAGSTREAM_GROUP_PREFIX, or remove the index")
+
+    def apply(self, operations: Sequence[Operation]) -> list[int]:
+        if not operations:
+            return []
+        args: list = [self._settings.group_prefix]
+        for op in operations:
+            if isinstance(op, ChunkUpsert):
+                args += upsert_args(op.chunk_id, op.doc_id, op.doc_version, op.position, op.text,
+                                    op.text_hash, op.model_id, op.vector,
+                                    canonical_metadata(op.metadata))
+            else:
+                assert isinstance(op, DocumentDelete)
+                args += delete_args(op.doc_id, op.doc_version, list(op.chunk_ids), op.all_chunks)
+        return [int(n) for n in self._apply(keys=[], args=args)]
+
+    def candidates(self, vector: np.ndarray | None, query: str | None, n: int,
+                   where: Filter = NO_FILTER) -> Candidates:
+        replica = self.replica
+        with replica.lock:
+            state = replica.refresh()
+            dense = [] if vector is None else _filtered(
+                lambda m: [state.by_key[key] for key, _ in state.dense.search(vector, m)
+                           if key in state.by_key], state, n, where)
+            sparse = [] if not query else _filtered(
+                lambda m: [chunk_id for chunk_id, _ in state.sparse.search(query, m)],
+                state, n, where)
+            return Candidates(dense, sparse, {c: _stored(state, c) for c in {*dense, *sparse}})
+
+    def counts(self) -> Counts:
+        replica = self.replica
+        with replica.lock:
+            state = replica.refresh()
+            return Counts(len({r.doc_id for r in state.chunks.values()}), len(state.chunks))
+
+    def scan(self, after: str | None, limit: int) -> list[ChunkUpsert]:
+        # the chunk ids come from the replica (ordered), the vectors and versions from Redis
+        replica = self.replica
+        with replica.lock:
+            ids = sorted(c for c in replica.refresh().chunks if after is None or c > after)
+        out: list[ChunkUpsert] = []
+        while ids and len(out) < limit:
+            page, ids = ids[:limit - len(out)], ids[limit - len(out):]
+            pipe = self._redis.pipeline(transaction=False)
+            for chunk_id in page:
+                pipe.hgetall(f"{self._keys.index_chunk_prefix}{chunk_id}")
+            found = [(c, f) for c, f in zip(page, pipe.execute(), strict=True) if f]
+            # the document's applied version, not the chunk's: a chunk unchanged since version 1
+            # of a document now at version 3 must not be refused by a target already at 3
+            for chunk_id, f in found:
+                pipe.hget(self._keys.index_doc(f[b"doc_id"].decode()), "version")
+            versions = pipe.execute()
+            out += [_upsert(c, f, int(v or f[b"doc_version"]))
+                    for (c, f), v in zip(found, versions, strict=True)]
+        return out
+
+
+def _filtered(search: Callable[[int], list[str]], state: IndexState, n: int,
+              where: Filter) -> list[str]:
+    """The first ``n`` admitted ids, searching deeper until enough are found or none are left."""
+    if where.empty:
+        return search(n)
+    total = len(state.chunks)
+    depth = n
+    while True:
+        depth = min(depth * 4, total)
+        admitted = [c for c in search(depth) if c in state.chunks
+                    and where.admits(_stored(state, c))]
+        if len(admitted) >= n or depth >= total:
+            return admitted[:n]
+
+
+def _stored(state: IndexState, chunk_id: str) -> StoredChunk:
+    r = state.chunks[chunk_id]
+    return StoredChunk(r.chunk_id, r.doc_id, r.position, r.text, r.metadata)
+
+
+def _upsert(chunk_id: str, f: dict[bytes, bytes], doc_version: int) -> ChunkUpsert:
+    return ChunkUpsert(chunk_id, f[b"doc_id"].decode(), doc_version,
+                       int(f[b"position"]), f[b"text"].decode(), f[b"text_hash"].decode(),
+                       f[b"model_id"].decode(), np.frombuffer(f[b"vector"], dtype=np.float32),
+                       json.loads(f.get(b"metadata", b"{}")))
