@@ -16,6 +16,8 @@ checked by one conformance suite (tests/test_store_conformance.py):
 - ``digest`` and ``counts`` describe the content, for the chaos comparison and for a migration:
   two stores that applied the same events give the same digest.
 - ``scan`` pages through every chunk with its vector, to backfill another store.
+- ``generation`` changes whenever ``apply`` changed anything, so a cache keyed by it is never
+  staler than the store.
 
 Methods are synchronous: the reindex worker calls ``apply`` in a thread and the gateway calls
 ``candidates`` in a thread, so a backend may use a blocking client. An unreachable store raises
@@ -147,6 +149,16 @@ class ChunkStore(ABC):
     def scan(self, after: str | None, limit: int) -> list[ChunkUpsert]:
         """Up to ``limit`` stored chunks with ids greater than ``after``, in chunk id order, each
         with its document's applied version."""
+
+    @abstractmethod
+    def generation(self) -> str:
+        """A token that differs after every ``apply`` that changed a chunk (and only then, ideally:
+        a cache keyed by it misses after each change)."""
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Remove this namespace's data, tables or collection from the store (after a migration,
+        or between tests). The store may not be used after."""
 
     def digest(self) -> str:
         """sha256 over every stored chunk's id, document, position, text hash, model and

@@ -10,11 +10,14 @@ every key of a batch on one node), and every reader holds a full copy.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import redis
 
 from ragstream.config import Settings
+from ragstream.index import snapshots
 from ragstream.index.replica import IndexReplica, IndexState
 from ragstream.index.store import APPLY_CHANGES, delete_args, upsert_args
 from ragstream.stores.redis import connect_sync
@@ -87,6 +90,21 @@ class EmbeddedStore(ChunkStore):
         with replica.lock:
             state = replica.refresh()
             return Counts(len({r.doc_id for r in state.chunks.values()}), len(state.chunks))
+
+    def generation(self) -> str:
+        # the change log's last entry id: every change that took effect appends one, and the
+        # stream keeps its last id when compaction trims it
+        try:
+            return self._redis.xinfo_stream(self._keys.index_log)["last-generated-id"].decode()
+        except redis.ResponseError:  # no change yet: the stream does not exist
+            return "0-0"
+
+    def drop(self) -> None:
+        for key in self._redis.scan_iter(match=f"{self._settings.group_prefix}:index:*",
+                                         count=1_000):
+            self._redis.delete(key)
+        self.close()
+        shutil.rmtree(snapshots.index_dir(self._settings.data_dir), ignore_errors=True)
 
     def scan(self, after: str | None, limit: int) -> list[ChunkUpsert]:
         # the chunk ids come from the replica (ordered), the vectors and versions from Redis
