@@ -90,9 +90,10 @@ def up(
 ) -> None:
     """Start the embedded stack (Tansu, FalkorDB, the workers) and show their live status."""
     from ragstream.bringup import StopSignal, running_stack
-    from workers import DEFAULT_STACK
+    from workers import default_stack
 
-    names = [w.strip() for w in workers.split(",") if w.strip()] or list(DEFAULT_STACK)
+    names = ([w.strip() for w in workers.split(",") if w.strip()]
+             or default_stack(settings().store.fresh_stores))
     if triton and "batch_inference" not in names:
         names.append("batch_inference")
     data_dir = _data_dir()
@@ -148,9 +149,10 @@ def demo(
         done = asyncio.run(run(settings(), limit, wait, query, say))
     else:
         from ragstream.bringup import running_stack
-        from workers import DEFAULT_STACK
+        from workers import default_stack
 
-        with running_stack(DEFAULT_STACK, _data_dir(), say=console.print) as stack:
+        with running_stack(default_stack(settings().store.fresh_stores), _data_dir(),
+                           say=console.print) as stack:
             done = asyncio.run(run(stack.settings, limit, wait, query, say))
     if not done:
         raise typer.Exit(1)
@@ -286,10 +288,11 @@ def topics(
         from ragstream.transport import ensure_topics
 
         from producers.reembed import reembed_group
-        from workers import DEFAULT_STACK, consumer_groups
+        from workers import consumer_groups, default_stack
 
         cfg = settings()
-        names = [w.strip() for w in workers.split(",") if w.strip()] or list(DEFAULT_STACK)
+        names = ([w.strip() for w in workers.split(",") if w.strip()]
+                 or default_stack(cfg.store.fresh_stores))
         asyncio.run(ensure_topics(cfg, all_topic_names(), cfg.topic_partitions,
                                   consumer_groups(names, cfg.group_id) | reembed_group(cfg)))
 
@@ -304,15 +307,28 @@ def search(
     dense: Annotated[float, typer.Option(help="Fusion weight of the dense ranking.")] = 1.0,
     sparse: Annotated[float, typer.Option(help="Fusion weight of the BM25 ranking.")] = 1.0,
     per_document: Annotated[bool, typer.Option(help="Only each document's best chunk.")] = False,
+    store: Annotated[str, typer.Option(help="The store to search (default: "
+                                       "RAGSTREAM_STORE_SEARCH).")] = "",
+    doc: Annotated[list[str], typer.Option(help="Only these documents (repeat it).")] = [],
+    where: Annotated[list[str], typer.Option(help="Only chunks whose metadata has KEY=VALUE "
+                                             "(VALUE read as JSON, else as text; repeat it).")]
+    = [],
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")]
     = False,
 ) -> None:
-    """Hybrid search of the live index: dense and BM25 fused with reciprocal rank fusion."""
+    """Hybrid search of a live store: dense and keyword rankings fused with reciprocal rank
+    fusion."""
+    from ragstream.vectorstores.base import Filter
     from ragstream.vectorstores.search import FusionWeights
     from ragstream.vectorstores.search import search as run_search
 
-    hits = run_search(settings(), query, k, FusionWeights(dense=dense, sparse=sparse),
-                      per_document)
+    cfg = settings()
+    if store and store not in cfg.store.fresh_stores:
+        raise typer.BadParameter(f"{store!r} is not kept fresh here; RAGSTREAM_STORE_FRESH "
+                                 f"names {list(cfg.store.fresh_stores)}", param_hint="--store")
+    hits = run_search(cfg, query, k, FusionWeights(dense=dense, sparse=sparse), per_document,
+                      Filter(frozenset(doc) if doc else None, _metadata_pairs(where)),
+                      store or None)
     if as_json:
         for hit in hits:
             print(json.dumps(hit.to_dict()), flush=True)
@@ -325,6 +341,40 @@ def search(
                       str(hit.dense_rank or "-"), str(hit.sparse_rank or "-"),
                       " ".join(hit.text.split())[:120])
     Console().print(table)
+
+
+def _metadata_pairs(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--where")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@app.command()
+def reindex(
+    to: Annotated[str, typer.Option("--to", help="The store to fill.")],
+    source: Annotated[str, typer.Option("--from", help="The store to copy (default: "
+                                        "RAGSTREAM_STORE_SEARCH).")] = "",
+    restart: Annotated[bool, typer.Option(help="Start over instead of resuming.")] = False,
+) -> None:
+    """Backfill a store from one that is current (a migration, or a new store kept fresh).
+    Resumable: run it again after an interruption and it goes on from the last page."""
+    from ragstream.vectorstores.backfill import backfill
+
+    cfg = settings()
+
+    def report(p) -> None:
+        console.print(f"{p.copied}/{p.total} chunks copied ({p.changed} new or changed), "
+                      f"up to {p.last!r}")
+
+    done = backfill(cfg, source or cfg.store.search, to, restart=restart, progress=report)
+    console.print(f"done: {done.copied} chunks copied to {to}, {done.changed} new or changed")
 
 
 @app.command()

@@ -72,7 +72,7 @@ async def test_upsert_then_query_finds_the_document(settings, topics, redis_clie
             assert fused[0].dense_rank == 1 and fused[0].sparse_rank == 1
         finally:
             searcher.close()
-        freshness = metric(reindex, "ragstream_index_freshness_seconds_count")
+        freshness = metric(reindex, "ragstream_index_freshness_seconds_count", store="embedded")
     assert freshness == len(expected)
 
 

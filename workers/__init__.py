@@ -6,7 +6,7 @@ Workers are imported lazily by name, so a process loads only the models its work
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ragstream.runtime import Worker
 
@@ -22,9 +22,24 @@ REGISTRY: dict[str, str] = {
     "batch_inference": "workers.batch_inference:BatchInferenceWorker",  # needs Triton
 }
 
-# The workers `ragstream up` starts by default.
+# The workers `ragstream up` starts by default ("reindex": one per store kept fresh, see
+# default_stack).
 DEFAULT_STACK: tuple[str, ...] = ("echo", "entity_linking", "embedding", "reindex",
                                   "gcn_refresh")
+
+
+def reindex_worker(store: str) -> str:
+    """The reindex worker, and so the consumer group, that keeps ``store`` fresh."""
+    return "reindex" if store == "embedded" else f"reindex_{store}"
+
+
+def default_stack(stores: Sequence[str]) -> list[str]:
+    """DEFAULT_STACK with a reindex worker for each of ``stores`` (settings.store.fresh_stores):
+    each store has its own consumer group, so a slow or down store never holds back another."""
+    out: list[str] = []
+    for name in DEFAULT_STACK:
+        out += [reindex_worker(s) for s in stores] if name == "reindex" else [name]
+    return out
 
 
 def load(name: str) -> type[Worker]:

@@ -100,8 +100,3 @@ class PgvectorReindexWorker(ReindexWorker):
 class QdrantReindexWorker(ReindexWorker):
     name = "reindex_qdrant"
     store = "qdrant"
-
-
-def worker_name(store: str) -> str:
-    """The reindex worker (and consumer group) that keeps ``store`` fresh."""
-    return "reindex" if store == "embedded" else f"reindex_{store}"
