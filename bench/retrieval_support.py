@@ -18,7 +18,7 @@ from ragstream.stack import embedded_services
 from ragstream.transport import ensure_topics
 from schemas.catalogue import all_topic_names
 from workers.embedding import EmbeddingWorker
-from workers.reindex import ReindexWorker
+from workers import load, reindex_worker
 
 
 @dataclass
@@ -56,6 +56,7 @@ def services(**overrides) -> Settings:
 
 @contextlib.asynccontextmanager
 async def pipeline(settings: Settings, embedder) -> AsyncIterator[None]:
-    """The embedding and reindex workers, in this process."""
-    async with running(EmbeddingWorker(embedder), settings), running(ReindexWorker(), settings):
+    """The embedding worker and the reindex worker of the search store, in this process."""
+    reindex = load(reindex_worker(settings.store.search))()
+    async with running(EmbeddingWorker(embedder), settings), running(reindex, settings):
         yield
