@@ -298,14 +298,16 @@ def test_reads_before_any_writer_created_the_table_find_nothing():
 def test_generation_moves_only_with_a_change_and_never_repeats_after_a_drop():
     settings = _settings()
     s = PgvectorStore(settings)
-    s.ensure_schema(MODEL, DIM)
-    g0 = s.generation()
-    s.apply([_upsert("c", "d")])
-    g1 = s.generation()
-    s.apply([_upsert("c", "d")])  # a replay
-    s.apply([_upsert("c", "d", version=0, seed=5)])  # an outdated version
-    assert s.generation() == g1 != g0
-    s.drop()
+    try:
+        s.ensure_schema(MODEL, DIM)
+        g0 = s.generation()
+        s.apply([_upsert("c", "d")])
+        g1 = s.generation()
+        s.apply([_upsert("c", "d")])  # a replay
+        s.apply([_upsert("c", "d", version=0, seed=5)])  # an outdated version
+        assert s.generation() == g1 != g0
+    finally:
+        s.drop()
     again = PgvectorStore(settings)
     try:
         again.ensure_schema(MODEL, DIM)
