@@ -26,7 +26,9 @@ test: $(STAMP) $(TRITON_STAMP) test-tools
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # What the tests need beyond Python: Debian's prometheus package (promtool checks the alert rules,
-# the server scrapes live workers in the dashboard test). Nothing to do when both are there.
+# the server scrapes live workers in the dashboard test), and pgvector in the machine's PostgreSQL
+# 15 with the `ragstream` database (infra/pgvector/install.sh; it checks first, so a second run is
+# instant). Nothing to do when everything is there.
 .PHONY: test-tools
 test-tools:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
@@ -34,6 +36,7 @@ test-tools:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
 	fi
+	@SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO infra/pgvector/install.sh
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas.generate
