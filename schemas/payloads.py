@@ -22,8 +22,11 @@ NO_NUL = r"^[^\x00]*$"
 DocumentTitle = Annotated[str, Field(max_length=10_000, pattern=NO_NUL)]
 DocumentText = Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=NO_NUL)]
 # keys bounded and NUL-free like the values (the graph store takes neither a NUL nor an endless key)
+# and finite numbers: PostgreSQL's jsonb refuses NaN and Infinity, so the pgvector store failed on
+# a document the embedded index took
 DocumentMetadata = dict[Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)],
-                        Annotated[str, Field(pattern=NO_NUL)] | int | float | bool | None]
+                        Annotated[str, Field(pattern=NO_NUL)] | int
+                        | Annotated[float, Field(allow_inf_nan=False)] | bool | None]
 # Versions stay exact everywhere they go: a double in the index's Lua, an int64 in the graph
 # stores, a number in JSON readers. 10**30 used to pass, turned into 1e30 in the index and locked
 # the document out of it for good.
