@@ -99,7 +99,9 @@ def term_id(term: str) -> int:
 
 def document_sparse(text: str) -> tuple[list[int], list[float]]:
     """A chunk's BM25 term weights (IDF comes from the collection at query time)."""
-    counts = Counter(term_id(t) for t in terms(text))
+    counts: Counter[int] = Counter()
+    for term, n in Counter(terms(text)).items():  # hash each distinct term once
+        counts[term_id(term)] += n
     length = sum(counts.values())
     norm = BM25_K1 * (1 - BM25_B + BM25_B * length / BM25_AVG_TERMS)
     ids = sorted(counts)
