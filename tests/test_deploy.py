@@ -549,7 +549,7 @@ def test_alert_rules_pass_promtool_check_and_unit_tests():
         assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
 
 
-# the Qdrant server ---------------------------------------------------------------------------------
+# the Qdrant server ----------------------------------------------------------------------------
 
 
 QDRANT_K8S = K8S / "qdrant"
@@ -650,7 +650,8 @@ def test_the_k8s_qdrant_cluster_is_valid_pinned_probed_and_keyed_from_a_file(tmp
             ("qdrant-2", "--bootstrap http://qdrant-0.qdrant-headless:6335 "
                          "--uri http://qdrant-2.qdrant-headless:6335")):
         out = subprocess.run([*c["command"], script], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=30, env={"HOSTNAME": host, "PATH": "/usr/bin:/bin"})
+                             text=True, timeout=30,
+                             env={"HOSTNAME": host, "PATH": "/usr/bin:/bin"})
         assert out.stdout.strip() == f"key=the-key args={expected}", out.stderr
     # ragstream's ConfigMap names this Service
     service = _by(objects, "Service")["qdrant"]

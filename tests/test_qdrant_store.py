@@ -29,8 +29,7 @@ from ragstream.vectorstores import open_store
 from ragstream.vectorstores.base import (ChunkUpsert, DocumentDelete, Filter, StoreMismatch,
                                          same_value)
 from ragstream.vectorstores.qdrant import mapping
-from ragstream.vectorstores.qdrant.edge import (QdrantEdgeStore, QdrantShardInUse, edge_filter,
-                                                edge_point)
+from ragstream.vectorstores.qdrant.edge import QdrantEdgeStore, edge_filter, edge_point
 from ragstream.vectorstores.qdrant.mapping import (AtMost, Below, HasIds, Match, MatchAny,
                                                    chunk_point, point_id)
 from ragstream.vectorstores.qdrant.server import (QdrantServerStore, client_filter, client_point,

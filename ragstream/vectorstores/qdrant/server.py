@@ -38,9 +38,9 @@ from ragstream.config import Settings
 from ragstream.errors import declare_unavailable
 from ragstream.vectorstores.base import StoreUnavailable
 from ragstream.vectorstores.qdrant.mapping import (COLLECTION_POINT_ID, DENSE, INTEGER_INDEXES,
-                                                   KEYWORD_INDEXES, SHOWN, SPARSE, AtMost, Below,
-                                                   Condition, Delete, HasIds, Match, MatchAny,
-                                                   PointSpec, SetPayload, Step, Upsert,
+                                                   IS_CHUNK, KEYWORD_INDEXES, SHOWN, SPARSE,
+                                                   AtMost, Below, Condition, Delete, HasIds, Match,
+                                                   MatchAny, PointSpec, SetPayload, Step, Upsert,
                                                    collection_point)
 from ragstream.vectorstores.qdrant.store import Payload, QdrantStore, Sparse
 
@@ -156,10 +156,9 @@ class QdrantServerStore(QdrantStore):
             for field in INTEGER_INDEXES:
                 self._call(lambda f=field: c.create_payload_index(
                     name, f, models.PayloadSchemaType.INTEGER))
-            # insert only: of two workers starting together, the first one's point stands
-            self._call(lambda: c.upsert(
-                name, [client_point(collection_point(model_id, dimension))],
-                update_mode=models.UpdateMode.INSERT_ONLY))
+            # insert only (the point is no chunk, so the condition never lets it be replaced):
+            # of two workers starting together, the first one's point stands
+            self._execute([Upsert((collection_point(model_id, dimension),), IS_CHUNK)])
             found = self._retrieve([COLLECTION_POINT_ID], None)
         self._check_collection(found[0][0] if found else None, size or -1, model_id, dimension)
 

@@ -20,7 +20,7 @@ from ragstream.vectorstores.base import (NO_FILTER, Candidates, ChunkStore, Chun
                                          DocumentDelete, Filter, Operation, StoreMismatch)
 from ragstream.vectorstores.qdrant import guard
 from ragstream.vectorstores.qdrant.mapping import (COLLECTION_POINT_ID, COMPARED, IS_CHUNK,
-                                                   SCHEMA_VERSION, SHOWN, SPARSE_ENCODING,
+                                                   SCHEMA_VERSION, SPARSE_ENCODING,
                                                    Condition, MatchAny, Plan, Step, chunk_upsert,
                                                    document_point_id, point_id, query_sparse,
                                                    search_conditions, stored_chunk)
