@@ -408,3 +408,28 @@ def test_an_unreachable_server_is_unavailable_not_an_error(tmp_path):
         assert "s3cret" not in str(caught.value)
     assert time.monotonic() - started < 30
     server.close()
+
+
+@pytest.mark.parametrize("status, expected", [(503, "unavailable"), (500, "unavailable"),
+                                              (429, "unavailable"), (404, "missing"),
+                                              (400, "error")])
+def test_server_answers_are_classed_as_unavailable_missing_or_errors(tmp_path, status, expected):
+    import httpx
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    server = QdrantServerStore(settings_for(tmp_path, store_qdrant_url="http://127.0.0.1:1"))
+
+    def answer():
+        raise UnexpectedResponse(status, "", b"{}", httpx.Headers())
+
+    if expected == "unavailable":
+        with pytest.raises(unavailable_types()):
+            server._call(answer, missing=[])
+    elif expected == "missing":  # a collection not made yet reads as empty
+        assert server._call(answer, missing=[]) == []
+        with pytest.raises(UnexpectedResponse):  # ... but a write to it is an error
+            server._call(answer)
+    else:
+        with pytest.raises(UnexpectedResponse):
+            server._call(answer, missing=[])
+    server.close()
