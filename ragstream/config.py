@@ -170,6 +170,13 @@ class StoreSettings(Section):
     qdrant_api_key: SecretStr | None = None
     qdrant_collection: str = Field(default="", pattern=r"^([A-Za-z0-9_.-]{1,100})?$")
     qdrant_timeout_s: float = Field(default=10.0, gt=0)
+    # a new server collection's layout (None: the server's default); see docs/stores-qdrant.md
+    qdrant_shard_number: int | None = Field(default=None, ge=1)
+    qdrant_replication_factor: int | None = Field(default=None, ge=1)
+    qdrant_write_consistency_factor: int | None = Field(default=None, ge=1)
+    # embedded engine: it has no background optimizer, so the store starts one after this many
+    # points were written (HNSW build, vacuum of deleted points)
+    qdrant_optimize_every: int = Field(default=10_000, ge=1)
 
     @field_validator("fresh")
     @classmethod

@@ -547,3 +547,123 @@ def test_alert_rules_pass_promtool_check_and_unit_tests():
         result = subprocess.run([_promtool(), *args], cwd=rules, capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+
+# the Qdrant server ----------------------------------------------------------------------------
+
+
+QDRANT_K8S = K8S / "qdrant"
+QDRANT_IMAGE = re.compile(r"qdrant/qdrant:(v\d+\.\d+\.\d+)(-unprivileged)?")
+
+
+def _fake_qdrant(tmp_path: Path) -> Path:
+    """A stand-in ``./qdrant`` that prints its arguments and the API key it was started with."""
+    fake = tmp_path / "qdrant"
+    fake.write_text('#!/bin/sh\necho "key=$QDRANT__SERVICE__API_KEY args=$*"\n')
+    fake.chmod(0o755)
+    (tmp_path / "api_key").write_text("the-key\n")
+    return fake
+
+
+def test_compose_runs_a_pinned_qdrant_keyed_from_its_secret_with_a_volume(tmp_path):
+    doc = compose()
+    services = doc["services"]
+    qdrant = services["qdrant"]
+    assert QDRANT_IMAGE.fullmatch(qdrant["image"]) and not qdrant["image"].endswith("latest")
+    assert qdrant["secrets"] == ["qdrant_api_key"]
+    [volume] = qdrant["volumes"]
+    name, target = volume.split(":")
+    assert target == "/qdrant/storage" and name in doc["volumes"]
+    assert not qdrant.get("ports"), "Qdrant is for the compose network only"
+    # the start command, run for real with a stand-in binary: the key comes from the file
+    [script] = qdrant["command"]
+    _fake_qdrant(tmp_path)
+    script = script.replace("$$", "$").replace("/run/secrets/qdrant_api_key",
+                                               str(tmp_path / "api_key"))
+    out = subprocess.run([*qdrant["entrypoint"], script], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=30)
+    assert out.stdout.strip() == "key=the-key args=", out.stderr
+    # every ragstream process is pointed at it, with the key's file mounted
+    env = doc["x-ragstream"]["environment"]
+    settings = Settings.from_env({"RAGSTREAM_STORE_QDRANT_URL": env["RAGSTREAM_STORE_QDRANT_URL"]})
+    assert settings.store.qdrant_url == "http://qdrant:6333"
+    assert env["RAGSTREAM_STORE_QDRANT_API_KEY_FILE"] == "/run/secrets/qdrant_api_key"
+    assert services["reindex_qdrant"]["depends_on"]["qdrant"]["condition"] == "service_healthy"
+    assert "reindex_qdrant" in services["topics"]["command"][-1].split(",")
+
+
+def test_the_compose_qdrant_healthcheck_asks_readyz(tmp_path):
+    """The image has no curl or wget; the bash check is run here against a small HTTP server."""
+    import http.server
+    import threading
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the standard library's name)
+            self.send_response(200 if self.path == "/readyz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    test = compose()["services"]["qdrant"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"]
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        check = test[3].replace("6333", str(port))
+        assert subprocess.run(["bash", "-c", check], timeout=10).returncode == 0
+        wrong = check.replace("/readyz", "/nothing")
+        assert subprocess.run(["bash", "-c", wrong], timeout=10).returncode != 0
+        server.shutdown()
+
+
+def test_the_k8s_qdrant_cluster_is_valid_pinned_probed_and_keyed_from_a_file(tmp_path):
+    objects = build(QDRANT_K8S)
+    for o in objects:
+        kubernetes_validate.validate(o, K8S_VERSION, strict=True)
+        assert o["metadata"]["namespace"] == "qdrant"
+    sts = _by(objects, "StatefulSet")["qdrant"]
+    spec = _pod_spec(sts)
+    [c] = spec["containers"]
+    match = QDRANT_IMAGE.fullmatch(c["image"])
+    assert match and match.group(1) == QDRANT_IMAGE.fullmatch(
+        compose()["services"]["qdrant"]["image"]).group(1), "compose and k8s run one version"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["automountServiceAccountToken"] is False
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": 6333, "grpc": 6334, "p2p": 6335}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert not any("KEY" in e["name"] for e in c.get("env", [])), "the key only as a file"
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/run/secrets/qdrant"]["readOnly"] is True
+    [claim] = sts["spec"]["volumeClaimTemplates"]
+    assert mounts["/qdrant/storage"]["name"] == claim["metadata"]["name"]
+    # the start script, run for real: qdrant-0 starts the cluster, the others join it
+    [script] = c["args"]
+    _fake_qdrant(tmp_path)
+    script = script.replace("/run/secrets/qdrant/api_key", str(tmp_path / "api_key"))
+    headless = _by(objects, "Service")[sts["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    for host, expected in (
+            ("qdrant-0", "--uri http://qdrant-0.qdrant-headless:6335"),
+            ("qdrant-2", "--bootstrap http://qdrant-0.qdrant-headless:6335 "
+                         "--uri http://qdrant-2.qdrant-headless:6335")):
+        out = subprocess.run([*c["command"], script], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=30,
+                             env={"HOSTNAME": host, "PATH": "/usr/bin:/bin"})
+        assert out.stdout.strip() == f"key=the-key args={expected}", out.stderr
+    # ragstream's ConfigMap names this Service
+    service = _by(objects, "Service")["qdrant"]
+    config = _by(_load_all(K8S / "base/configmap.yaml"), "ConfigMap")["ragstream-config"]["data"]
+    http_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "http")
+    assert config["RAGSTREAM_STORE_QDRANT_URL"] == f"http://qdrant.qdrant.svc:{http_port}"
+    assert config["RAGSTREAM_STORE_QDRANT_API_KEY_FILE"] == "/run/secrets/ragstream/qdrant_api_key"
+    [pdb] = _by(objects, "PodDisruptionBudget").values()
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= \
+        sts["spec"]["template"]["metadata"]["labels"].items()
+    [policy] = _by(objects, "NetworkPolicy").values()
+    namespaces = {v for rule in policy["spec"]["ingress"] for f in rule["from"]
+                  for e in f.get("namespaceSelector", {}).get("matchExpressions", [])
+                  for v in e["values"]}
+    assert {"ragstream", "ragstream-dev"} <= namespaces
