@@ -44,7 +44,12 @@ PENDING_WORKERS: dict[str, tuple[str, ...]] = {}
 # settings whose names match the secret pattern below but are not secrets
 NOT_SECRETS = {"RAGSTREAM_TRITON_AUTH_HEADER_NAME"}  # the header's name; its value is a secret
 MODEL_REPOSITORY = ROOT / "infra/triton/model_repository"
-KAFKA_WORKERS = sorted(set(REGISTRY) - {"noop"} | set(PENDING_WORKERS))
+# the reindex worker of each store beyond the embedded index: a compose profile, and a folder
+# infra/k8s/stores/<store> that an overlay adds (overlays/production-stores adds both)
+STORE_WORKERS = {"reindex_pgvector": "pgvector", "reindex_qdrant": "qdrant"}
+KAFKA_WORKERS = sorted(set(REGISTRY) - {"noop"} - set(STORE_WORKERS) | set(PENDING_WORKERS))
+OVERLAY_WORKERS = {"dev": KAFKA_WORKERS, "production": KAFKA_WORKERS,
+                   "production-stores": sorted(KAFKA_WORKERS + list(STORE_WORKERS))}
 
 
 def consumes(worker: str) -> tuple[str, ...]:
@@ -137,9 +142,13 @@ def test_compose_runs_every_worker_once_one_beat_and_commands_the_cli_has():
     for name, service in ours.items():
         check_command(service["command"])
     workers = {s["command"][1] for s in ours.values() if s["command"][0] == "worker"}
-    assert workers == set(KAFKA_WORKERS)
-    for name in KAFKA_WORKERS:  # each worker is its own service, named after it
+    assert workers == set(KAFKA_WORKERS) | set(STORE_WORKERS)
+    for name in workers:  # each worker is its own service, named after it
         assert services[name]["command"] == ["worker", name]
+    for name, store in STORE_WORKERS.items():  # a store's worker and server come with its profile
+        assert services[name]["profiles"] == [store] == services[store]["profiles"]
+        assert services[name]["depends_on"][store]["condition"] == "service_healthy"
+        assert name in services["topics"]["command"][-1].split(",")
     beats = [n for n, s in ours.items() if s["command"][0] == "beat"]
     assert beats == ["beat"] and services["beat"].get("deploy", {}).get("replicas", 1) == 1
     for infra in ("kafka", "topics", "redis", "neo4j", "rabbitmq", "triton", "prometheus",
@@ -340,7 +349,7 @@ KAFKA_TRIGGER_KEYS = {"bootstrapServers", "consumerGroup", "topic", "lagThreshol
                       "limitToPartitionsWithLag", "version", "partitionLimitation", "sasl", "tls"}
 
 
-@pytest.fixture(scope="module", params=["dev", "production"])
+@pytest.fixture(scope="module", params=list(OVERLAY_WORKERS))
 def overlay(request) -> tuple[str, list[dict]]:
     return request.param, build(K8S / "overlays" / request.param)
 
@@ -352,7 +361,7 @@ def test_every_manifest_is_valid_against_the_kubernetes_schemas(overlay):
             jsonschema.validate(o, KEDA_SCHEMAS[o["kind"]])
             continue
         kubernetes_validate.validate(o, K8S_VERSION, strict=True)
-    assert all(o["metadata"].get("namespace") == ("ragstream" if name == "production"
+    assert all(o["metadata"].get("namespace") == ("ragstream" if name.startswith("production")
                                                   else f"ragstream-{name}") for o in objects)
 
 
@@ -361,13 +370,13 @@ def _by(objects: list[dict], kind: str) -> dict[str, dict]:
 
 
 def test_each_kafka_worker_scales_on_its_groups_lag_up_to_the_partition_count(overlay):
-    _, objects = overlay
+    name, objects = overlay
     config = _by(objects, "ConfigMap")["ragstream-config"]["data"]
     partitions = int(config["RAGSTREAM_TOPIC_PARTITIONS"])
     settings = Settings(group_prefix=config["RAGSTREAM_GROUP_PREFIX"])
     deployments, scaled, pdbs = (_by(objects, k) for k in
                                  ("Deployment", "ScaledObject", "PodDisruptionBudget"))
-    for worker in KAFKA_WORKERS:
+    for worker in OVERLAY_WORKERS[name]:
         app_name = worker.replace("_", "-")
         deployment = deployments[app_name]
         [container] = _containers(deployment)
@@ -422,7 +431,7 @@ def test_workers_probe_health_and_readiness_and_have_time_to_drain(overlay):
 def test_pods_carry_what_the_kubernetes_scrape_config_relabels(overlay):
     """infra/prometheus/kubernetes.yml keeps pods by component and port name and takes the
     worker label from ragstream.io/worker: the same `worker` values the runtime's metrics use."""
-    _, objects = overlay
+    name, objects = overlay
     scrape = yaml.safe_load((ROOT / "infra/prometheus/kubernetes.yml").read_text())
     jobs = {j["job_name"]: j for j in scrape["scrape_configs"]}
     assert set(jobs) == {"ragstream-workers", "ragstream-gateway", "triton"}
@@ -447,7 +456,7 @@ def test_pods_carry_what_the_kubernetes_scrape_config_relabels(overlay):
             assert relabels["worker"]["source_labels"] == [
                 "__meta_kubernetes_pod_label_ragstream_io_worker"]
             seen.add(worker)
-    assert seen == set(KAFKA_WORKERS) | {"gateway"}
+    assert seen == set(OVERLAY_WORKERS[name]) | {"gateway"}
 
 
 def test_secrets_are_mounted_files_named_by_the_config(overlay):
@@ -583,8 +592,8 @@ def test_compose_runs_a_pinned_qdrant_keyed_from_its_secret_with_a_volume(tmp_pa
     out = subprocess.run([*qdrant["entrypoint"], script], cwd=tmp_path, capture_output=True,
                          text=True, timeout=30)
     assert out.stdout.strip() == "key=the-key args=", out.stderr
-    # every ragstream process is pointed at it, with the key's file mounted
-    env = doc["x-ragstream"]["environment"]
+    # the Qdrant worker is pointed at it, with the key's file mounted
+    env = services["reindex_qdrant"]["environment"]
     settings = Settings.from_env({"RAGSTREAM_STORE_QDRANT_URL": env["RAGSTREAM_STORE_QDRANT_URL"]})
     assert settings.store.qdrant_url == "http://qdrant:6333"
     assert env["RAGSTREAM_STORE_QDRANT_API_KEY_FILE"] == "/run/secrets/qdrant_api_key"
@@ -655,7 +664,7 @@ def test_the_k8s_qdrant_cluster_is_valid_pinned_probed_and_keyed_from_a_file(tmp
         assert out.stdout.strip() == f"key=the-key args={expected}", out.stderr
     # ragstream's ConfigMap names this Service
     service = _by(objects, "Service")["qdrant"]
-    config = _by(_load_all(K8S / "base/configmap.yaml"), "ConfigMap")["ragstream-config"]["data"]
+    config = _by(build(K8S / "overlays/production-stores"), "ConfigMap")["ragstream-config"]["data"]
     http_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "http")
     assert config["RAGSTREAM_STORE_QDRANT_URL"] == f"http://qdrant.qdrant.svc:{http_port}"
     assert config["RAGSTREAM_STORE_QDRANT_API_KEY_FILE"] == "/run/secrets/ragstream/qdrant_api_key"
