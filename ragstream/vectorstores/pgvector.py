@@ -32,7 +32,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -174,7 +174,7 @@ class PgvectorStore(ChunkStore):
             plan = _Plan.of(operations, dict(locked.fetchall()))
             if plan.staged:
                 with conn.cursor().copy(s.copy_stage) as copy:
-                    copy.write(_pgcopy(plan.staged))
+                    copy.write(pgcopy(plan.staged))
             with conn.pipeline():
                 results = [conn.execute(*(s.upsert_run(lo, hi) if kind == "upsert" else
                                           s.delete(operations[lo].doc_id, ids)))
@@ -315,15 +315,17 @@ def _vector_recv(vector: np.ndarray) -> bytes:
     return struct.pack(">hh", len(v), 0) + v.tobytes()
 
 
-def _pgcopy(rows: list[tuple[int, ChunkUpsert]]) -> bytes:
-    """The staged upserts in COPY's binary format: no text formatting of 384 floats per row
-    (a text COPY spent most of its time in float formatting)."""
+def pgcopy(rows: Iterable[tuple[int, ChunkUpsert]], ordinal: bool = True) -> bytes:
+    """Upserts in COPY's binary format (CHUNK_COLUMNS, after an ``ord`` column unless
+    ``ordinal`` is False): no text formatting of 384 floats per row (a text COPY spent most of
+    its time in float formatting)."""
     out = [PGCOPY_HEADER]
     for i, op in rows:
-        fields = (struct.pack(">i", i), op.chunk_id.encode(), op.doc_id.encode(),
-                  struct.pack(">q", op.doc_version), struct.pack(">i", op.position),
-                  op.text.encode(), op.text_hash.encode(), op.model_id.encode(),
-                  _vector_recv(op.vector), canonical_metadata(op.metadata).encode())
+        fields = ((struct.pack(">i", i),) if ordinal else ()) + (
+            op.chunk_id.encode(), op.doc_id.encode(), struct.pack(">q", op.doc_version),
+            struct.pack(">i", op.position), op.text.encode(), op.text_hash.encode(),
+            op.model_id.encode(), _vector_recv(op.vector),
+            canonical_metadata(op.metadata).encode())
         out.append(struct.pack(">h", len(fields)))
         for value in fields:
             out += (struct.pack(">i", len(value)), value)

@@ -1,0 +1,171 @@
+"""The reindex worker's write rate into a store, next to the store's own bulk write of the same
+rows done directly, in the same run: ``ratio`` = worker / direct (the target is 0.8 or more).
+
+The rows: 10k chunks (2k with --quick), SciFact abstracts in 40-word windows with synthetic
+384-d vectors (the worker refuses any model but the deployment's, and the vectors' values do not
+change a write's cost), as chunks.embedded.v1 events on an embedded Kafka.
+
+- Worker: the store's reindex worker in this process, consuming those events. Its write rate is
+  the rows over the time its batches took from the fetch's return to the commit: decoding and
+  validating, the version-guarded ``apply`` in the store, the offset commit (its own
+  ``ragstream_batch_process_seconds``). The end-to-end rate, from joining the group to the last
+  change, is reported beside it: on the embedded Tansu broker it is bound by the broker's fetch
+  rate (about 5 MB/s of 8 KB events here, whatever the store), not by the worker.
+- Direct: the same rows into a fresh namespace of the same store, by its native bulk path, in
+  pages of 500 with no version guard:
+  - embedded: pipelined ``HSET`` of each chunk's hash in Redis (no change log, no Lua);
+  - pgvector: a binary ``COPY`` into a table with the same HNSW, GIN and btree indexes live;
+  - qdrant: point upserts straight into the embedded engine's shard (the same mapping).
+
+    .venv/bin/python bench/store_writes.py --store pgvector [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench import harness  # noqa: E402
+from bench.retrieval_support import load_beir, services  # noqa: E402
+from bench.store_queries import chunks, vectors  # noqa: E402
+from ragstream.config import Settings  # noqa: E402
+from ragstream.embedders import MiniLMEmbedder  # noqa: E402
+from ragstream.publisher import Publisher  # noqa: E402
+from ragstream.runner import running  # noqa: E402
+from ragstream.vectorstores import open_store  # noqa: E402
+from ragstream.vectorstores.base import ChunkUpsert, canonical_metadata  # noqa: E402
+from schemas.catalogue import CHUNK_EMBEDDED  # noqa: E402
+from schemas.envelope import Envelope, derived_event_id  # noqa: E402
+from schemas.payloads import ChunkEmbedded  # noqa: E402
+from workers import load, reindex_worker  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data/scifact_beir"
+PAGE = 500
+
+
+def rows(total: int, data: Path) -> list[ChunkUpsert]:
+    beir = load_beir(data)
+    texts = chunks([t for _, t in beir.corpus.values()], total)
+    vecs = vectors(total)
+    model = MiniLMEmbedder.model_id
+    return [ChunkUpsert(f"{cid}#0", cid, 1, 0, text, f"{i:064x}", model, vecs[i], {"n": i % 7})
+            for i, (cid, text) in enumerate(texts)]
+
+
+def event(c: ChunkUpsert) -> Envelope:
+    payload = ChunkEmbedded(chunk_id=c.chunk_id, doc_id=c.doc_id, doc_version=c.doc_version,
+                            position=c.position, text=c.text, text_hash=c.text_hash,
+                            model_id=c.model_id, vector=c.vector.tolist(),
+                            metadata=dict(c.metadata))
+    return Envelope(id=derived_event_id(CHUNK_EMBEDDED, c.chunk_id, 1), type=CHUNK_EMBEDDED,
+                    source="bench/store_writes", subject=c.doc_id,
+                    data=payload.model_dump(mode="json"))
+
+
+async def worker_rates(settings: Settings, store: str,
+                       data: list[ChunkUpsert]) -> tuple[float, float]:
+    """(rows per second of the worker's own time, rows per second end to end)."""
+    async with Publisher(settings) as pub:
+        for i in range(0, len(data), PAGE):
+            await pub.publish([event(c) for c in data[i:i + PAGE]])
+    worker = load(reindex_worker(store))()
+    async with running(worker, settings) as runtime:
+        started = time.perf_counter()
+        while _sample(runtime, "ragstream_index_changes_total",
+                      store=store, op="upsert") < len(data):
+            await asyncio.sleep(0.05)
+        seconds = time.perf_counter() - started
+        busy = _sample(runtime, "ragstream_batch_process_seconds_sum", worker=worker.name)
+    open_store(settings, store).drop()
+    return len(data) / busy, len(data) / seconds
+
+
+def _sample(runtime, name: str, **labels: str) -> float:
+    return runtime.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def direct_rate(settings: Settings, store: str, data: list[ChunkUpsert]) -> float:
+    scratch = settings.model_copy(update={"group_prefix": settings.group_prefix + "direct"})
+    target = open_store(scratch, store)
+    target.ensure_schema(data[0].model_id, len(data[0].vector))
+    write = {"embedded": _redis_pipeline, "pgvector": _pg_copy, "qdrant": _edge_upsert}[store]
+    started = time.perf_counter()
+    write(scratch, target, data)
+    seconds = time.perf_counter() - started
+    target.drop()
+    return len(data) / seconds
+
+
+def _redis_pipeline(settings: Settings, _store, data: list[ChunkUpsert]) -> None:
+    from ragstream.stores.redis import connect_sync
+    client = connect_sync(settings)
+    prefix = settings.keys.index_chunk_prefix
+    for i in range(0, len(data), PAGE):
+        pipe = client.pipeline(transaction=False)
+        for c in data[i:i + PAGE]:
+            pipe.hset(prefix + c.chunk_id, mapping={
+                "doc_id": c.doc_id, "doc_version": c.doc_version, "position": c.position,
+                "text": c.text, "text_hash": c.text_hash, "model_id": c.model_id,
+                "vector": np.asarray(c.vector, dtype=np.float32).tobytes(),
+                "metadata": canonical_metadata(c.metadata)})
+        pipe.execute()
+    client.close()
+
+
+def _pg_copy(settings: Settings, _store, data: list[ChunkUpsert]) -> None:
+    import psycopg
+    from psycopg import sql
+
+    from ragstream.vectorstores.pgvector import (CHUNK_COLUMNS, connection_parameters, pgcopy,
+                                                 table_name)
+    table = table_name(settings.store.name_in(settings, "pgvector"))
+    copy_sql = sql.SQL("COPY {t} ({c}) FROM STDIN (FORMAT BINARY)").format(
+        t=sql.Identifier(table), c=sql.SQL(", ").join(map(sql.Identifier, CHUNK_COLUMNS)))
+    with psycopg.connect(**connection_parameters(settings)) as conn:
+        for i in range(0, len(data), PAGE):
+            with conn.transaction(), conn.cursor().copy(copy_sql) as copy:
+                copy.write(pgcopy(enumerate(data[i:i + PAGE]), ordinal=False))
+
+
+def _edge_upsert(_settings: Settings, store, data: list[ChunkUpsert]) -> None:
+    from qdrant_edge import UpdateOperation
+
+    from ragstream.vectorstores.qdrant.edge import edge_point
+    from ragstream.vectorstores.qdrant.mapping import chunk_point
+    for i in range(0, len(data), PAGE):
+        points = [edge_point(chunk_point(c, c.doc_version)) for c in data[i:i + PAGE]]
+        with store.shard.lock:
+            store.shard.engine.update(UpdateOperation.upsert_points(points))
+
+
+def main() -> None:
+    p = harness.parser(__doc__, "2k rows instead of 10k", "a BEIR folder (default: SciFact)")
+    p.add_argument("--store", default="pgvector", choices=("embedded", "pgvector", "qdrant"))
+    args = p.parse_args()
+    total = 2_000 if args.quick else 10_000
+    data = rows(total, args.data or DATA)
+    with services(batch_max_records=PAGE) as settings:
+        # alternate, so that a burst of load on the shared machine hits both sides
+        direct = [direct_rate(settings, args.store, data)]
+        worker, end_to_end = asyncio.run(worker_rates(settings, args.store, data))
+        direct.append(direct_rate(settings, args.store, data))
+    best = max(direct)
+    harness.table([("side", "<44"), ("rows/s", ">10.0f")],
+                  [(f"direct bulk write ({args.store})", best),
+                   (f"reindex worker ({args.store}), its own time", worker),
+                   ("reindex worker end to end (embedded broker)", end_to_end)])
+    harness.report("store_writes", "rows written per second", round(best), round(worker),
+                   round(worker / best, 3), "rows/s", store=args.store, rows=total, page=PAGE,
+                   target_ratio=0.8, direct_runs=[round(d) for d in direct],
+                   end_to_end_rows_per_s=round(end_to_end),
+                   end_to_end_ratio=round(end_to_end / best, 3))
+
+
+if __name__ == "__main__":
+    main()
