@@ -5,7 +5,9 @@ Every event carries its own traceparent, as if each came from a different gatewa
 worst case, one CONSUMER span per event. Spans go to a BatchSpanProcessor with an exporter that
 drops them, so the figure is the cost inside the worker, not the network's. Runs alternate
 off/on (``--rounds``) so that drift on a shared machine hits both alike; the best of each is
-reported.
+reported. Each traced round must export exactly one span per event: a run whose spans were
+dropped (a full span queue) or never made did not measure tracing, and exits non-zero with no
+JSON line.
 
     .venv/bin/python bench/tracing_overhead.py [--events 50000] [--rounds 2] [--quick]
 """
@@ -45,7 +47,7 @@ async def main() -> None:
     args = parser.parse_args()
     n, rounds = (10_000, 2) if args.quick else (args.events, args.rounds)
 
-    off, on, exported = [], [], 0
+    off, on, exported = [], [], []
     with harness.tansu() as broker:
         try:
             settings = harness.kafka_settings(broker, batch_max_records=BATCH,
@@ -59,19 +61,22 @@ async def main() -> None:
                 tracing.configure(exporter, service_name="bench")
                 on.append((await runtime_loop(settings, n, f"bench.on{r}"))[0])
                 tracing.shutdown()  # flushes: every span reaches the exporter
-                exported += exporter.spans
+                exported.append(exporter.spans)
         finally:
             tracing.shutdown()
+    if exported != [n] * rounds:
+        sys.exit(f"spans exported per traced round {exported}, expected {n:,} (one per event) "
+                 f"in each of {rounds}: the on-runs did not measure what they claim")
 
     baseline, project = max(off), max(on)
     harness.table([("runtime, noop worker", "<40"), ("events/s", ">12,.0f")], [
         ("tracing off (default)", baseline, f"(baseline) {[round(x) for x in off]}"),
         ("tracing on, one trace per event", project, f"(project) {[round(x) for x in on]}")])
     print(f"ratio on/off = {project / baseline:.2f}; {n:,} events x {rounds} rounds; "
-          f"{exported:,} spans exported")
+          f"{sum(exported):,} spans exported, one per event")
     harness.report("tracing_overhead", "events_per_s", round(baseline), round(project),
                    round(project / baseline, 3), "events/s", events=n, rounds=rounds,
-                   batch=BATCH, spans_exported=exported, off_runs=[round(x) for x in off],
+                   batch=BATCH, spans_exported=sum(exported), off_runs=[round(x) for x in off],
                    on_runs=[round(x) for x in on])
 
 
