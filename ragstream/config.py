@@ -134,6 +134,34 @@ class GatewaySettings(Section):
     infer_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class ServingSettings(Section):
+    """Serving search to applications (``RAGSTREAM_SERVING_*``; see docs/serving.md): batched
+    queries, the query-vector and result caches, and the re-ranking stage."""
+
+    env_prefix = "serving_"
+
+    # queries in one ``POST /v1/search`` or ``Searcher.search_many`` call, at most
+    max_batch_queries: int = Field(default=64, ge=1, le=1024)
+    # store reads of one batch in flight at once (each backend's read is a blocking call)
+    search_threads: int = Field(default=8, ge=1, le=64)
+    # query vectors: a per-process LRU in front of Redis (sibling of the document cache)
+    query_vectors_entries: int = Field(default=10_000, ge=0)
+    query_vectors_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # results, per process, keyed by the store's generation (never stale); 0 turns it off.
+    # Bounded by entries and by the size of the hits' texts
+    result_cache_entries: int = Field(default=10_000, ge=0)
+    result_cache_mb: float = Field(default=64.0, gt=0)
+    result_cache_ttl_s: float = Field(default=600.0, gt=0)
+    # a cross-encoder over the fused top ``rerank_top_k``: "none", or one loaded from
+    # ``reranker_model``, a local model directory or an installed package that ships one
+    reranker: Literal["none", "cross-encoder"] = "none"
+    reranker_model: str = ""
+    rerank_top_k: int = Field(default=50, ge=1, le=1000)
+    rerank_budget_ms: float = Field(default=500.0, gt=0)
+    rerank_batch_size: int = Field(default=32, ge=1)
+    rerank_max_tokens: int = Field(default=256, ge=16, le=512)
+
+
 STORE_BACKENDS = ("embedded", "pgvector", "qdrant")
 StoreName = Literal["embedded", "pgvector", "qdrant"]
 
@@ -201,7 +229,7 @@ class StoreSettings(Section):
 
 SECTIONS: dict[str, type[Section]] = {"kg": KgSettings, "gcn": GcnSettings,
                                       "schedule": ScheduleSettings, "gateway": GatewaySettings,
-                                      "store": StoreSettings}
+                                      "store": StoreSettings, "serving": ServingSettings}
 
 
 class Settings(BaseSettings):
@@ -304,6 +332,7 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

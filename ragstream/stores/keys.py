@@ -7,6 +7,9 @@
   from ``p`` itself, so a batch applies atomically);
 - ``p:embedding:ledger:<doc>``, ``p:embedding:cache:<model>:<hash>``, ``p:embedding:namespace``:
   the embedding worker's ledgers and vector cache;
+- ``p:embedding:query:<model>:<hash>``: search's query vectors (ragstream.serving.caches), a
+  sibling of the document cache: a query's vector is computed the fast way and must never be
+  stored as a chunk's;
 - ``p:backfill:<store>``: where a backfill of that store stopped;
 - ``p:ratelimit:<api key id>``: the gateway's token buckets;
 - ``p:echo:...``: the echo worker's ledger (workers/echo.py);
@@ -72,6 +75,9 @@ class Keys:
 
     def embedding_cache(self, embedding: str, text_hash: str) -> str:
         return f"{self.prefix}:embedding:cache:{embedding}:{text_hash}"
+
+    def query_embedding_cache(self, embedding: str, text_hash: str) -> str:
+        return f"{self.prefix}:embedding:query:{embedding}:{text_hash}"
 
     @property
     def embedding_namespace(self) -> str:
