@@ -17,22 +17,11 @@ from ragstream.config import Settings
 from ragstream.publisher import Publisher
 from ragstream.serving import Serving
 from ragstream.serving.caches import Lru
-from ragstream.vectorstores import open_store
-from ragstream.vectorstores.base import ChunkUpsert, Filter
+from ragstream.vectorstores.base import Filter
 from ragstream.vectorstores.search import FusionWeights, SearchRequest, Searcher
 from testing.cross_encoder import build_standin
 from tests.retrieval_support import pipeline, wait_for_chunks
-
-DOCS = {
-    "fish": "Zebrafish regenerate heart muscle after injury through cardiomyocyte division.",
-    "plants": "The Calvin cycle fixes carbon dioxide with the enzyme rubisco in the stroma.",
-    "climate": "Plants in hot, dry climates use the C4 and CAM pathways to limit water loss.",
-    "stars": "Neutron stars are the collapsed cores of massive stars after a supernova.",
-    "bones": "Vitamin D and calcium supplements are studied for the prevention of fractures.",
-    "sleep": "Sleep deprivation impairs memory consolidation in the hippocampus of mice.",
-}
-QUERIES = ["how do zebrafish hearts heal", "carbon fixation by rubisco",
-           "supernova remnants", "does vitamin D prevent fractures"]
+from tests.serving_support import DOCS, QUERIES, TOP, fill
 
 
 class CountingEmbedder:
@@ -50,19 +39,6 @@ class CountingEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         self.calls.append(("embed_query", 1))
         return self._embedder.embed_query(text)
-
-
-def fill(settings: Settings, minilm, docs: dict[str, str], version: int = 1) -> None:
-    store = open_store(settings)
-    try:
-        store.ensure_schema(minilm.model_id, minilm.dimension)
-        vectors = minilm.embed(list(docs.values()))
-        store.apply([ChunkUpsert(f"{d}#0", d, version, 0, text,
-                                 hashlib.sha256(text.encode()).hexdigest(), minilm.model_id, v,
-                                 {"topic": "biology" if d != "stars" else "physics"})
-                     for (d, text), v in zip(docs.items(), vectors, strict=True)])
-    finally:
-        store.close()
 
 
 def sample(serving: Serving, name: str, **labels: str) -> float:
@@ -93,8 +69,7 @@ def test_a_batch_is_embedded_in_one_model_call_and_answers_as_single_searches_do
     # every distinct dense query in one call; the keyword-only one needs no vector
     assert spy.calls == [("embed", len(QUERIES))]
     assert not any(r.cached for r in results)
-    assert [r.hits[0].doc_id for r in results] == ["fish", "plants", "stars", "bones", "fish",
-                                                   "stars"]
+    assert [r.hits[0].doc_id for r in results] == [*TOP, "fish", "stars"]
     single = Searcher(Settings.from_env({}, **_env(filled), serving_result_cache_entries=0),
                       minilm)
     try:

@@ -23,13 +23,14 @@ from ragstream.errors import unavailable_types
 from ragstream.gateway.middleware import (event_refused, http_error, invalid_request,
                                           limits_and_access_log, service_unavailable)
 from ragstream.gateway.models import Problem
-from ragstream.gateway.routes import catalogue, documents, embed, events, infer, probes, search
+from ragstream.gateway.routes import (catalogue, documents, embed, embeddings, events, infer,
+                                     probes, search)
 from ragstream.gateway.state import Gateway
 from schemas.catalogue import DecodeError
 
 # in this order in the OpenAPI document
-ROUTERS = (events.router, documents.router, search.router, embed.router, infer.router,
-           catalogue.router, probes.router)
+ROUTERS = (events.router, documents.router, search.router, embed.router, embeddings.router,
+           infer.router, catalogue.router, probes.router)
 
 
 @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ from ragstream.gateway.auth import KeyStore
 from ragstream.gateway.ratelimit import RateLimiter
 from ragstream.gateway.results import ResultRouter
 from ragstream.metrics import LATENCY_BUCKETS
+from ragstream.serving.metrics import ServingMetrics
 from ragstream.stores.redis import connect
 
 
@@ -30,11 +31,13 @@ class Gateway:
                                  ("route",), buckets=LATENCY_BUCKETS, registry=self.registry)
         self.events_accepted = Counter("ragstream_gateway_events_accepted",
                                        "Events accepted and published", registry=self.registry)
+        self.serving_metrics = ServingMetrics(self.registry)
         self.publisher: Publisher | None = None
         self.limiter: RateLimiter | None = None
         self.results: ResultRouter | None = None
         self.redis = None
-        self._searcher = None
+        self._searchers: dict = {}  # store name -> Searcher, all sharing one Serving
+        self._serving = None
         self._embedder = None
         self._models_lock = asyncio.Lock()
 
@@ -55,8 +58,10 @@ class Gateway:
             await self.publisher.__aexit__(None, None, None)
         if self.redis is not None:
             await self.redis.aclose()
-        if self._searcher is not None:
-            self._searcher.close()
+        for searcher in self._searchers.values():
+            searcher.close()
+        if self._serving is not None:
+            self._serving.close()
 
     async def embedder(self):
         async with self._models_lock:
@@ -67,11 +72,23 @@ class Gateway:
                 self._embedder = await asyncio.to_thread(load_embedder, self.settings)
         return self._embedder
 
-    async def searcher(self):
+    async def searcher(self, store: str | None = None):
+        """The Searcher of ``store`` (default: the configured search store). Every store's
+        shares this process's caches, re-ranker and metrics (ragstream.serving)."""
         embedder = await self.embedder()
+        store = store or self.settings.store.search
         async with self._models_lock:
-            if self._searcher is None:
+            if self._serving is None:
+                from ragstream.serving import Serving
+
+                serving = Serving(self.settings, embedder, self.serving_metrics)
+                await asyncio.to_thread(serving.rerank.warm)
+                self._serving = serving
+            if store not in self._searchers:
+                from ragstream.vectorstores import open_store
                 from ragstream.vectorstores.search import Searcher
 
-                self._searcher = Searcher(self.settings, embedder)
-        return self._searcher
+                opened = await asyncio.to_thread(open_store, self.settings, store)
+                self._searchers[store] = Searcher(self.settings, embedder, opened,
+                                                  self._serving)
+        return self._searchers[store]
