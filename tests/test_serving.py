@@ -40,6 +40,10 @@ class CountingEmbedder:
         self.calls.append(("embed_query", 1))
         return self._embedder.embed_query(text)
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(("embed_queries", len(texts)))
+        return self._embedder.embed_queries(texts)
+
 
 def sample(serving: Serving, name: str, **labels: str) -> float:
     return serving.metrics.registry.get_sample_value(name, labels) or 0.0
@@ -67,7 +71,7 @@ def test_a_batch_is_embedded_in_one_model_call_and_answers_as_single_searches_do
     finally:
         batch.close()
     # every distinct dense query in one call; the keyword-only one needs no vector
-    assert spy.calls == [("embed", len(QUERIES))]
+    assert spy.calls == [("embed_queries", len(QUERIES))]
     assert not any(r.cached for r in results)
     assert [r.hits[0].doc_id for r in results] == [*TOP, "fish", "stars"]
     single = Searcher(Settings.from_env({}, **_env(filled), serving_result_cache_entries=0),
@@ -94,18 +98,18 @@ def test_query_vectors_come_from_this_process_then_from_redis_and_follow_the_nam
     spy = CountingEmbedder(minilm)
     first = Serving(settings, spy)
     vectors = first.query_vectors.vectors(["alpha helix", "beta sheet", "alpha helix"])
-    assert spy.calls == [("embed", 2)]
+    assert spy.calls == [("embed_queries", 2)]
     assert np.allclose(vectors[0], minilm.embed_query("alpha helix"), atol=1e-6)
     assert np.array_equal(vectors[0], vectors[2])
     first.query_vectors.vectors(["alpha helix", "beta sheet"])
-    assert spy.calls == [("embed", 2)]
+    assert spy.calls == [("embed_queries", 2)]
     # per distinct text: the repeat inside the first batch was embedded once, not counted twice
     assert sample(first, "ragstream_query_vector_cache_hits_total", layer="process") == 2
     assert sample(first, "ragstream_query_vector_cache_misses_total") == 2
 
     second = Serving(settings, spy)  # another process: Redis has them
     assert np.array_equal(second.query_vectors.vectors(["beta sheet"])[0], vectors[1])
-    assert spy.calls == [("embed", 2)]
+    assert spy.calls == [("embed_queries", 2)]
     assert sample(second, "ragstream_query_vector_cache_hits_total", layer="redis") == 1
     key = settings.keys.query_embedding_cache(f"{minilm.model_id}:0",
                                               hashlib.sha256(b"beta sheet").hexdigest())
@@ -115,7 +119,7 @@ def test_query_vectors_come_from_this_process_then_from_redis_and_follow_the_nam
     redis_client.incr(settings.keys.embedding_namespace)
     second.query_vectors.NAMESPACE_POLL_S = 0
     second.query_vectors.vectors(["beta sheet"])
-    assert spy.calls == [("embed", 2), ("embed_query", 1)]
+    assert spy.calls == [("embed_queries", 2), ("embed_query", 1)]
     first.close()
     second.close()
 

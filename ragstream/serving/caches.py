@@ -121,9 +121,9 @@ class QueryVectors:
         return [found[h] for h in hashes]
 
     def _embed(self, texts: list[str]) -> list[np.ndarray]:
-        if len(texts) == 1:  # alone, the fast unpadded path
+        if len(texts) == 1:
             return [self._embedder.embed_query(texts[0])]
-        return list(self._embedder.embed(texts))  # many: one model call
+        return list(self._embedder.embed_queries(texts))  # many: one call
 
     def _embedding(self) -> str:
         """``<model id>:<cache namespace>``, the namespace read at most once a second."""
