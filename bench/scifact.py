@@ -153,13 +153,15 @@ def main() -> None:
     parser.add_argument("--rerank-model", type=Path,
                         help="a local cross-encoder directory (default: the configured one, "
                              "else the untrained stand-in)")
-    parser.add_argument("--rerank-top-k", type=int, default=50,
-                        help="hybrid candidates the cross-encoder scores per query")
+    parser.add_argument("--rerank-top-k", type=int,
+                        help="hybrid candidates the cross-encoder scores per query "
+                             "(default 50; 20 with --quick)")
     args = parser.parse_args()
     folder = args.data or shared_data_dir() / "scifact_beir"
     beir = load_beir(folder)
     if args.quick:
         beir = subset(beir, docs=400, queries=60)
+    args.rerank_top_k = args.rerank_top_k or (20 if args.quick else 50)
     embedder = MiniLMEmbedder()
     rerank: dict = {}
     with services(search_candidates=300, store_search=args.store) as settings, \
