@@ -22,7 +22,11 @@ QUERIES = ["how do zebrafish hearts heal", "carbon fixation by rubisco",
 TOP = ["fish", "plants", "stars", "bones"]  # each query's best document
 
 
+BACKENDS = ("embedded", "pgvector", "qdrant")
+
+
 def fill(settings: Settings, minilm, docs: dict[str, str], version: int = 1) -> None:
+    """Write ``docs`` into the deployment's search store, one chunk each."""
     store = open_store(settings)
     try:
         store.ensure_schema(minilm.model_id, minilm.dimension)

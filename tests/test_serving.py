@@ -17,11 +17,12 @@ from ragstream.config import Settings
 from ragstream.publisher import Publisher
 from ragstream.serving import Serving
 from ragstream.serving.caches import Lru
+from ragstream.vectorstores import open_store
 from ragstream.vectorstores.base import Filter
 from ragstream.vectorstores.search import FusionWeights, SearchRequest, Searcher
 from testing.cross_encoder import build_standin
 from tests.retrieval_support import pipeline, wait_for_chunks
-from tests.serving_support import DOCS, QUERIES, TOP, fill
+from tests.serving_support import BACKENDS, DOCS, QUERIES, TOP, fill
 
 
 class CountingEmbedder:
@@ -60,7 +61,18 @@ def filled(settings, minilm) -> Settings:
     return settings
 
 
-def test_a_batch_is_embedded_in_one_model_call_and_answers_as_single_searches_do(filled, minilm):
+@pytest.fixture(params=BACKENDS)
+def filled_store(request, env, minilm) -> Settings:
+    """The documents in each store backend, searched through the store interface only."""
+    settings = Settings.from_env(env, store_search=request.param)
+    fill(settings, minilm, DOCS)
+    yield settings
+    open_store(settings).drop()
+
+
+def test_a_batch_is_embedded_in_one_model_call_and_answers_as_single_searches_do(filled_store,
+                                                                                 minilm):
+    filled = filled_store
     spy = CountingEmbedder(minilm)
     batch = Searcher(filled, spy)
     keyword_only = SearchRequest("neutron stars", k=2, weights=FusionWeights(dense=0, sparse=1))
@@ -90,7 +102,7 @@ def test_a_batch_is_embedded_in_one_model_call_and_answers_as_single_searches_do
 
 def _env(settings: Settings) -> dict[str, str]:
     return {"redis_url": settings.redis_url.get_secret_value(), "data_dir": str(settings.data_dir),
-            "group_prefix": settings.group_prefix}
+            "group_prefix": settings.group_prefix, "store_search": settings.store.search}
 
 
 def test_query_vectors_come_from_this_process_then_from_redis_and_follow_the_namespace(
@@ -125,7 +137,8 @@ def test_query_vectors_come_from_this_process_then_from_redis_and_follow_the_nam
 
 
 def test_the_result_cache_keys_on_every_parameter_and_misses_after_any_store_change(
-        filled, minilm):
+        filled_store, minilm):
+    filled = filled_store
     searcher = Searcher(filled, minilm)
     try:
         def ask(**options):
@@ -148,7 +161,7 @@ def test_the_result_cache_keys_on_every_parameter_and_misses_after_any_store_cha
              version=2)
         assert not ask(k=1).cached
         assert sample(searcher.serving, "ragstream_search_result_cache_hits_total",
-                      store="embedded") == 7  # the repeats above
+                      store=filled.store.search) == 7  # the repeats above
     finally:
         searcher.close()
 
@@ -267,10 +280,17 @@ def test_the_lru_is_bounded_by_entries_by_size_and_by_time():
     assert Lru(max_entries=0).put("x", 1) is None and len(Lru(max_entries=0)) == 0
 
 
-def test_a_filtered_search_of_an_empty_store_finds_nothing(settings, minilm):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_filtered_search_of_an_empty_store_finds_nothing(backend, env, minilm):
     # schemathesis found it through POST /v1/search: with a filter and no chunk, the embedded
     # store's _filtered asks tantivy for 0 hits and tantivy panics (a 500). The fix is the
     # embedded store's (return [] when it holds no chunk), outside this branch's files
-    with contextlib.closing(Searcher(settings, minilm)) as searcher:
-        for where in (Filter(doc_ids=frozenset({"a"})), Filter(metadata={"topic": "x"})):
-            assert searcher.search("anything", where=where) == []
+    settings = Settings.from_env(env, store_search=backend)
+    store = open_store(settings)
+    store.ensure_schema(minilm.model_id, minilm.dimension)
+    try:
+        with contextlib.closing(Searcher(settings, minilm)) as searcher:
+            for where in (Filter(doc_ids=frozenset({"a"})), Filter(metadata={"topic": "x"})):
+                assert searcher.search("anything", where=where) == []
+    finally:
+        store.drop()
