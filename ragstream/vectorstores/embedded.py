@@ -134,6 +134,8 @@ def _filtered(search: Callable[[int], list[str]], state: IndexState, n: int,
     if where.empty:
         return search(n)
     total = len(state.chunks)
+    if total == 0:  # tantivy panics when asked for 0 hits (schemathesis, POST /v1/search)
+        return []
     depth = n
     while True:
         depth = min(depth * 4, total)
