@@ -8,7 +8,9 @@ would take most of an hour here, and neither ranking's cost depends on where a v
 from). Queries are noisy copies of stored vectors with SciFact's query texts. Each store is
 loaded through ``apply`` (the reindex worker's path), then read by a fresh process that opens
 the store, answers the queries and reports its peak RSS: the embedded reader loads a compacted
-snapshot, as a restarted gateway does; a pgvector or Qdrant server reader holds a client only.
+snapshot, as a restarted gateway does; a pgvector reader holds a connection pool only, and a
+Qdrant reader here is the embedded engine holding the whole shard (a Qdrant server's reader would
+hold a client only; none can run here).
 
     .venv/bin/python bench/store_queries.py --store pgvector [--quick]
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -28,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench import harness  # noqa: E402
-from bench.retrieval_support import load_beir  # noqa: E402
 from ragstream.config import Settings  # noqa: E402
 from ragstream.vectorstores import open_store  # noqa: E402
 from ragstream.vectorstores.base import ChunkUpsert  # noqa: E402
@@ -76,8 +76,16 @@ def read(settings: Settings, name: str, queries: list) -> None:
         started = time.perf_counter()
         store.candidates(np.asarray(vector, dtype=np.float32), text, 100)
         latencies.append((time.perf_counter() - started) * 1000)
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"latencies_ms": latencies[3:], "rss_mib": rss_mib}))  # 3 warm-up queries
+    print(json.dumps({"latencies_ms": latencies[3:], "rss_mib": peak_rss_mib()}))  # 3 warm-ups
+
+
+def peak_rss_mib() -> float:
+    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across execve, so a reader would
+    # report the peak of the loader that started it
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure(overrides: dict, name: str, queries: list) -> dict:
@@ -101,6 +109,7 @@ def main() -> None:
         read(Settings(**overrides), args.read, queries)
         return
     total, n_queries = (10_000, 50) if args.quick else (100_000, 300)
+    from bench.retrieval_support import load_beir  # here: the reader process stays light
     beir = load_beir(args.data or DATA)
     rows = chunks([t for _, t in beir.corpus.values()], total)
     vecs = vectors(total)
