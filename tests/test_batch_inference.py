@@ -20,7 +20,7 @@ from ragstream.config import Settings
 from ragstream.embedders import TritonEmbedder
 from testing.inference_requests import embed_request, request, rerank_request
 from ragstream.triton.server import TritonServer
-from tests.helpers import eventually, read_topic, running
+from tests.helpers import eventually, handled, read_topic, running
 from workers.batch_inference import BatchInferenceWorker
 
 TOPICS_ = ["alpha decay", "stock markets", "coffee farming", "jet engines", "river deltas",
@@ -290,19 +290,25 @@ async def test_triton_down_for_15s_loses_nothing_and_duplicates_nothing(
         await asyncio.sleep(max(0.0, 15 - (time.monotonic() - down)))
         assert answered_before < n, "Triton was down: some requests must have waited"
         await asyncio.to_thread(triton.start)
-        out = await results(infer_settings, n, timeout=120)
-        await asyncio.sleep(2)  # anything extra would show up now
+        # every request handled and committed: no redelivery can add a result after this read
+        await eventually(lambda: _handled_all(runtime, n), 120, message=f"{n} requests handled")
         out = await results(infer_settings, n, timeout=5)
+        handled_once = handled(runtime, "inference.requests.v1")
         paused = runtime.metrics.registry.get_sample_value(
             "ragstream_backpressure_pauses_total", {"worker": "batch_inference"})
 
     ids = [r["correlation_id"] for r in out]
+    assert handled_once == n
     assert len(ids) == n, f"{len(ids)} results for {n} requests"
     assert set(ids) == {f"c{i}" for i in range(n)}
     assert all(r["status"] == "ok" for r in out), {r["error"] for r in out if r["status"] != "ok"}
     assert paused and paused > 0, "the outage must have paused consumption"
     dlq = await read_topic(infer_settings, "inference.requests.v1.dlq", timeout=0.5)
     assert dlq == []
+
+
+async def _handled_all(runtime, n: int) -> bool:
+    return handled(runtime, "inference.requests.v1") >= n
 
 
 def _pki(folder) -> dict[str, str]:
