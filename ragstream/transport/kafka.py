@@ -146,15 +146,17 @@ class KafkaProducer:
 
     async def start(self) -> None:
         try:
-            await self._producer.start()
-        except UnknownError as exc:
-            if not self._idempotence:
-                raise
-            await self._producer.stop()
-            raise IdempotenceRefused(
-                f"the Kafka broker at {self._bootstrap} refused InitProducerId, which the "
-                "idempotent producer (RAGSTREAM_KAFKA_IDEMPOTENCE=true) needs; a broker without "
-                "it, like the embedded Tansu 0.6, needs RAGSTREAM_KAFKA_IDEMPOTENCE=false") from exc
+            with _typed_errors("connect"):
+                await self._producer.start()
+        except BaseException as exc:
+            await self._producer.stop()  # a failed start leaves its client open
+            if self._idempotence and isinstance(exc, UnknownError):
+                raise IdempotenceRefused(
+                    f"the Kafka broker at {self._bootstrap} refused InitProducerId, which the "
+                    "idempotent producer (RAGSTREAM_KAFKA_IDEMPOTENCE=true) needs; a broker "
+                    "without it, like the embedded Tansu 0.6, needs "
+                    "RAGSTREAM_KAFKA_IDEMPOTENCE=false") from exc
+            raise
 
     async def stop(self) -> None:
         await self._producer.stop()
