@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -18,9 +20,12 @@ from tritonclient.utils import InferenceServerException
 from ragstream.publisher import Publisher
 from ragstream.config import Settings
 from ragstream.embedders import TritonEmbedder
+from ragstream.stack import free_port
 from testing.inference_requests import embed_request, request, rerank_request
+from ragstream.transport.base import TopicPartition
+from ragstream.transport.kafka import committed_offsets
 from ragstream.triton.server import TritonServer
-from tests.helpers import eventually, handled, read_topic, running
+from tests.helpers import eventually, handled, read_topic, running, start_worker
 from workers.batch_inference import BatchInferenceWorker
 
 TOPICS_ = ["alpha decay", "stock markets", "coffee farming", "jet engines", "river deltas",
@@ -326,6 +331,60 @@ async def test_triton_down_for_15s_loses_nothing_and_duplicates_nothing(
     assert paused and paused > 0, "the outage must have paused consumption"
     dlq = await read_topic(infer_settings, "inference.requests.v1.dlq", timeout=0.5)
     assert dlq == []
+
+
+async def test_a_sigkilled_worker_loses_no_request_and_answers_none_twice(
+        env, topics, triton, tmp_path):
+    """The worker process is SIGKILLed mid-run and started again: every request is answered,
+    and a request answered before the kill but not yet committed is answered again under the
+    same event id (derived from the request's), which consumers drop as a replay."""
+    n, port = 400, free_port()
+    worker_env = {**env, **triton.worker_env("grpc"), "RAGSTREAM_INFERENCE_MAX_DELAY_MS": "20",
+                  "RAGSTREAM_METRICS_PORT": str(port)}
+    settings = Settings.from_env(worker_env)
+    requests = [embed_request(text(i), correlation_id=f"k{i}") for i in range(n)]
+
+    worker = start_worker("batch_inference", worker_env, tmp_path, tag="-1")
+    try:
+        worker.wait_ready(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200,
+                          60)
+        async with Publisher(settings) as pub:
+            await pub.publish(requests[:n // 2])
+            answered: list = []
+
+            async def some_answered() -> bool:
+                answered[:] = await read_topic(settings, "inference.results.v1", timeout=0.2)
+                return len(answered) >= 60
+            await eventually(some_answered, 60, interval=0.1, message="results before the kill")
+            worker.signal(signal.SIGKILL)
+            worker.process.wait(10)
+            await pub.publish(requests[n // 2:])  # and more while it is down
+        worker = start_worker("batch_inference", worker_env, tmp_path, tag="-2")
+        await eventually(lambda: _committed_all(settings, n), 120,
+                         message=f"all {n} requests committed")
+    finally:
+        worker.stop()
+
+    records = await read_topic(settings, "inference.results.v1", timeout=1)
+    by_request: dict[str, list[dict]] = {}
+    for r in records:
+        event = json.loads(r.value)
+        by_request.setdefault(event["data"]["correlation_id"], []).append(event)
+    assert set(by_request) == {f"k{i}" for i in range(n)}  # nothing lost
+    for cid, answers in by_request.items():
+        assert len({a["id"] for a in answers}) == 1, cid  # a replay, never a second answer
+        assert all(a["data"]["status"] == "ok" for a in answers), answers[0]["data"]
+        first = answers[0]["data"]["outputs"][0]["data"]
+        for again in answers[1:]:
+            np.testing.assert_allclose(again["data"]["outputs"][0]["data"], first, rtol=0,
+                                       atol=ATOL)
+    print(f"results {len(records)} for {n} requests, replayed {len(records) - n}")
+
+
+async def _committed_all(settings: Settings, n: int) -> bool:
+    tps = [TopicPartition("inference.requests.v1", p) for p in range(settings.topic_partitions)]
+    offsets = await committed_offsets(settings, settings.group_id("batch_inference"), tps)
+    return sum(offsets.values()) >= n
 
 
 async def _handled_all(runtime, n: int) -> bool:
