@@ -66,9 +66,11 @@ def test_two_beats_fire_each_task_once_per_period(env, falkordb, redis_client, t
         # poll by seconds: bound each gap from both sides (earliest and latest possible) and
         # assert only what the bounds prove, so a slow watcher can never fail the test
         pairs = list(zip(times, times[1:]))
-        # never two fires within a period: even the longest the gap can have been is a period
-        # (beat schedules the next fire a period after the last; 0.1 s for its clock's rounding)
-        assert all(b.by - a.after >= PERIOD_S - 0.1 for a, b in pairs), (task, times)
+        # no fire twice: a second leader or a burst after the takeover sends within one beat
+        # loop (0.5 s). Beat stamps a fire's time before it sends it, so on a loaded machine a
+        # send that lags its stamp shortens the gap after it (seen under 2.9 s for a 3 s period):
+        # half a period tells the two apart, measured on the longest the gap can have been
+        assert all(b.by - a.after >= PERIOD_S / 2 for a, b in pairs), (task, times)
         # none skipped while a leader lived: a skipped period makes a gap of two periods at least
         before = [(a, b) for a, b in pairs if b.by < killed_at]
         assert before and all(b.after - a.by < 2 * PERIOD_S for a, b in before), (task, before)
