@@ -85,13 +85,13 @@ async def run(cfg: Settings, limit: int, wait: float, query: str,
               say: Callable[[str], None]) -> bool:
     """Publish ``limit`` articles, report progress until every stage is done or ``wait`` seconds
     have passed, then answer ``query``. True when every stage finished."""
+    async with Publisher(cfg):  # a broker that is not there fails here, before anything loads
+        pass
     docs = list(reuters.load(limit=limit))
     envelopes = [document_upserted(d.doc_id, d.text, version=1, title=d.title,
                                    source="ragstream/demo", metadata={"date": d.date})
                  for d in docs]
     progress = Progress({d.doc_id for d in docs}, {e.id for e in envelopes})
-    async with Publisher(cfg):  # a broker that is not there fails here, before the model loads
-        pass
     say("loading the query embedder")
     searcher = await asyncio.to_thread(Searcher, cfg, load_embedder(cfg))
     tasks = [asyncio.create_task(follow(cfg, topic_name, progress)) for topic_name in FOLLOWED]
