@@ -144,9 +144,17 @@ def demo(
     Uses the stack of a running ``ragstream up``; with none running, it runs its own."""
     from ragstream.demo import run
 
+    from ragstream.errors import Unavailable
+
     say = functools.partial(console.print, soft_wrap=True, markup=False)  # one line per status
     if os.environ.get("RAGSTREAM_KAFKA_BOOTSTRAP") or "RAGSTREAM_KAFKA_BOOTSTRAP" in _stack_env():
-        done = asyncio.run(run(settings(), limit, wait, query, say))
+        cfg = settings()
+        try:
+            done = asyncio.run(run(cfg, limit, wait, query, say))
+        except Unavailable as exc:  # a stack named but not running: say so, not a traceback
+            say(f"no stack answers at {cfg.kafka_bootstrap} ({exc}). Start one with "
+                "`ragstream up`, or unset RAGSTREAM_KAFKA_BOOTSTRAP and the demo runs its own.")
+            raise typer.Exit(1) from None
     else:
         from ragstream.bringup import running_stack
         from workers import default_stack

@@ -85,6 +85,8 @@ async def run(cfg: Settings, limit: int, wait: float, query: str,
               say: Callable[[str], None]) -> bool:
     """Publish ``limit`` articles, report progress until every stage is done or ``wait`` seconds
     have passed, then answer ``query``. True when every stage finished."""
+    async with Publisher(cfg):  # a broker that is not there fails here, before anything loads
+        pass
     docs = list(reuters.load(limit=limit))
     envelopes = [document_upserted(d.doc_id, d.text, version=1, title=d.title,
                                    source="ragstream/demo", metadata={"date": d.date})

@@ -46,6 +46,27 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, inter
         await asyncio.sleep(interval)
 
 
+def metric(runtime, name: str, **labels: str) -> float:
+    """A metric sample's value from a runtime's registry (0 when not yet observed)."""
+    return runtime.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def processed(runtime, topic: str) -> float:
+    return metric(runtime, "ragstream_events_processed_total", worker=runtime.worker.name,
+                  topic=topic)
+
+
+def handled(runtime, topic: str) -> float:
+    """Events of ``topic`` the runtime is done with: processed or dead-lettered, and committed
+    (the runtime counts both only after the commit)."""
+    dead = sum(s.value for family in runtime.metrics.registry.collect()
+               if family.name == "ragstream_events_dead_lettered"
+               for s in family.samples
+               if s.name.endswith("_total") and s.labels["topic"] == topic
+               and s.labels["worker"] == runtime.worker.name)
+    return processed(runtime, topic) + dead
+
+
 def start_worker(name: str, env: dict[str, str], data_dir: Path, tag: str = "") -> ManagedProcess:
     proc = worker_process(name, env, data_dir, log_name=f"{name}{tag}")
     proc.start()

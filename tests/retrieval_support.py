@@ -9,7 +9,7 @@ import redis
 
 from ragstream.config import Settings
 from ragstream.stores.keys import Keys
-from tests.helpers import eventually, running
+from tests.helpers import eventually, handled, read_topic, running
 from workers.embedding import EmbeddingWorker
 from workers.reindex import ReindexWorker
 
@@ -37,14 +37,21 @@ def log_length(client: redis.Redis, prefix: str) -> int:
     return client.xlen(Keys(prefix).index_log)
 
 
-def metric(runtime, name: str, **labels: str) -> float:
-    """A metric sample's value from a runtime's registry (0 when not yet observed)."""
-    return runtime.metrics.registry.get_sample_value(name, labels) or 0.0
+async def settled(settings: Settings, embedding, reindex, documents: int,
+                  timeout: float = 60) -> None:
+    """Both workers are done with everything: the embedding worker handled ``documents``
+    document events, and the reindex worker every chunk event that made. A store state alone
+    cannot show this: a document keyed to another partition may not have been read yet."""
+    async def embedded() -> bool:
+        return handled(embedding, "documents.v1") >= documents
+    await eventually(embedded, timeout, message=f"{documents} document events handled")
+    assert handled(embedding, "documents.v1") == documents
+    published = len(await read_topic(settings, "chunks.embedded.v1", timeout=1))
 
-
-def processed(runtime, topic: str) -> float:
-    return metric(runtime, "ragstream_events_processed_total", worker=runtime.worker.name,
-                  topic=topic)
+    async def indexed() -> bool:
+        return handled(reindex, "chunks.embedded.v1") >= published
+    await eventually(indexed, timeout, message=f"{published} chunk events handled")
+    assert handled(reindex, "chunks.embedded.v1") == published
 
 
 async def wait_for_chunks(client: redis.Redis, prefix: str, expected: dict[str, str],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import time
 import pytest
 
 from producers.events import document_upserted
+from ragstream.stack import free_port
 from tests.helpers import read_topic
 
 
@@ -159,3 +161,132 @@ async def test_tail_prints_dead_letters_with_their_reason_and_bytes(env, setting
     assert json.loads(only.stdout)["headers"]["x-error-reason"] == reason
     refused = ragstream("tail", "documents.v1.dlq", "--type", "x", env=env, timeout=60)
     assert refused.returncode == 2 and "--reason" in refused.stderr
+
+
+async def test_dlq_replay_by_reason_republishes_only_those_letters_once(env, settings, topics):
+    from ragstream.publisher import Publisher
+    from ragstream.transport.base import OutMessage
+    from tests.helpers import eventually, running
+    from workers.echo import EchoWorker
+
+    bad = {b"\xff\xfe": "invalid_utf8", b"{not json": "invalid_json",
+           b'{"truncated": ': "invalid_json", b"[1, 2]": "invalid_envelope"}
+    async with Publisher(settings) as pub:
+        await pub.send_raw([OutMessage("documents.v1", f"k{i}".encode(), v, [("origin", b"t")])
+                            for i, v in enumerate(bad)])
+    async with running(EchoWorker(), settings):
+        async def all_dead() -> bool:
+            return len(await read_topic(settings, "documents.v1.dlq", timeout=0.5)) == len(bad)
+        await eventually(all_dead, 30, message="four dead letters")
+    letters = await read_topic(settings, "documents.v1.dlq", timeout=0.5)
+    assert {r.value: dict(r.headers)["x-error-reason"].decode() for r in letters} == bad
+
+    def replay(*args: str) -> str:
+        result = ragstream("dlq", "replay", "documents.v1.dlq", *args, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stderr.strip()
+
+    assert replay("--reason", "invalid_json") == "replayed 2, passed over 2 (other reasons)"
+    # the reason's group remembers how far it got; another reason has its own
+    assert replay("--reason", "invalid_json") == "replayed 0, passed over 0 (other reasons)"
+    assert replay("--reason", "invalid_utf8") == "replayed 1, passed over 3 (other reasons)"
+
+    replayed = (await read_topic(settings, "documents.v1", timeout=0.5))[len(bad):]
+    assert sorted(r.value for r in replayed) == sorted([b"\xff\xfe", b"{not json",
+                                                        b'{"truncated": '])
+    for r in replayed:  # the bytes and the key unchanged; the dead-letter headers gone
+        assert r.key == f"k{list(bad).index(r.value)}".encode()
+        assert dict(r.headers) == {"origin": b"t", "x-replay-count": b"1"}
+
+
+async def test_search_answers_from_the_live_index(env, settings, topics, minilm):
+    from ragstream.publisher import Publisher
+    from tests.retrieval_support import pipeline, settled
+
+    docs = {"fish": "Zebrafish regenerate heart muscle after injury through cardiomyocyte "
+                    "division, unlike mammals, whose hearts scar.",
+            "plants": "Photosynthesis converts light energy into chemical energy stored in "
+                      "glucose, in the chloroplasts of plant cells."}
+    async with pipeline(settings, minilm) as (embedding, reindex):
+        async with Publisher(settings) as pub:
+            await pub.publish(document_upserted(d, t, version=1) for d, t in docs.items())
+        await settled(settings, embedding, reindex, documents=2)
+
+    result = ragstream("search", "how do zebrafish hearts heal", "-k", "2", "--json", env=env,
+                       timeout=120)
+    assert result.returncode == 0, result.stderr
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [h["chunk_id"] for h in hits] == ["fish#0", "plants#0"]
+    assert hits[0]["text"] == docs["fish"]
+    assert (hits[0]["dense_rank"], hits[0]["sparse_rank"]) == (1, 1)  # both rankings agree
+    assert hits[1]["sparse_rank"] is None  # no query word in it: BM25 misses it, MiniLM not
+
+
+async def test_topics_create_makes_every_topic_and_the_workers_queues(transport_env,
+                                                                      transport_settings):
+    from schemas.catalogue import all_topic_names
+
+    settings = transport_settings
+    result = ragstream("topics", "--create", "--workers", "echo", env=transport_env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "topic catalogue" in result.stdout and "documents.v1" in result.stdout
+    names = all_topic_names()
+    if settings.transport == "kafka":
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        from ragstream.transport.kafka import connection_options
+
+        admin = AIOKafkaAdminClient(**connection_options(settings))
+        await admin.start()
+        try:
+            described = await admin.describe_topics(names)
+        finally:
+            await admin.close()
+        partitions = {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+        assert partitions == dict.fromkeys(names, settings.topic_partitions)
+    else:
+        import kombu
+
+        from ragstream.transport.rabbitmq import consumer_queue, dead_letter_queue
+
+        queues = [consumer_queue(settings, settings.group_id("echo"), "documents.v1")]
+        queues += [dead_letter_queue(settings, n) for n in names if n.endswith(".dlq")]
+        with kombu.Connection(settings.rabbitmq_url.get_secret_value()) as conn:
+            channel = conn.default_channel
+            for queue in queues:  # passive: raises if the broker has no such queue
+                channel.queue_declare(queue.name, passive=True)
+    again = ragstream("topics", "--create", "--workers", "echo", env=transport_env, timeout=60)
+    assert again.returncode == 0, again.stderr  # existing topics are left as they are
+
+
+def test_apikey_new_prints_the_key_once_and_an_entry_the_gateway_accepts():
+    from pydantic import SecretStr
+
+    from ragstream.config import Settings
+    from ragstream.gateway.auth import KeyStore
+
+    result = ragstream("apikey", "new", "ingest", "--scopes", "publish,infer", "--rate", "5",
+                       "--burst", "20", env={})
+    assert result.returncode == 0, result.stderr
+    [key] = re.findall(r"API key for ingest \(shown once\): (\S+)", result.stderr)
+    entry = json.loads(result.stdout)
+    assert key not in result.stdout  # the entry holds only its digest
+    assert entry == {"id": "ingest", "sha256": hashlib.sha256(key.encode()).hexdigest(),
+                     "scopes": ["publish", "infer"], "rate_per_s": 5.0, "burst": 20}
+    store = KeyStore(Settings(api_keys=SecretStr(json.dumps([entry]))))
+    store.maybe_reload()
+    found = store.authenticate(key)
+    assert found is not None and found.allows("infer") and not found.allows("search")
+    assert store.authenticate(key[:-1] + ("x" if key[-1] != "x" else "y")) is None
+
+    refused = ragstream("apikey", "new", "x", "--scopes", "publish,everything", env={})
+    assert refused.returncode != 0 and "everything" in refused.stderr
+
+
+def test_demo_against_a_stack_that_is_not_running_fails_clearly(tmp_path):
+    env = {"RAGSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+           "RAGSTREAM_DATA_DIR": str(tmp_path)}
+    result = ragstream("demo", "--limit", "3", "--wait", "10", env=env, timeout=120)
+    assert result.returncode == 1
+    assert f"no stack answers at {env['RAGSTREAM_KAFKA_BOOTSTRAP']}" in result.stderr
+    assert "ragstream up" in result.stderr and "Traceback" not in result.stderr

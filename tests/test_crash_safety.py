@@ -144,6 +144,60 @@ async def test_two_workers_split_the_partitions_and_one_finishes_when_the_other_
     assert deliveries == 4000
 
 
+async def test_a_sigkilled_worker_s_partitions_move_to_the_other_with_no_loss_or_double_effect(
+        env, settings, topics, redis_client, tmp_path):
+    """Two workers share the group; one is SIGKILLed mid-run, so it neither commits nor leaves:
+    the group evicts it after the session timeout and the survivor takes its partitions, replays
+    from their last commits, and applies each event's effect exactly once."""
+    total = 4000
+    env = {**env, "RAGSTREAM_BATCH_MAX_RECORDS": "50"}
+    ports = [free_port(), free_port()]
+    workers = [start_worker("echo", {**env, "RAGSTREAM_METRICS_PORT": str(p)}, tmp_path,
+                            tag=f"-{i}") for i, p in enumerate(ports)]
+    receipts_tap = Tap(settings, "echo.v1")
+    events = documents(total, "k")
+
+    async def produce() -> None:  # on until after the kill, onto every partition
+        async with Publisher(settings) as pub:
+            for start in range(0, total, 200):
+                await pub.publish(events[start:start + 200])
+                await asyncio.sleep(0.2)
+
+    producer = None
+    try:
+        async def split() -> bool:
+            try:
+                return [scrape(p).get("ragstream_partitions_assigned", 0) for p in ports] == [2, 2]
+            except OSError:
+                return False
+        await eventually(split, 60, message="4 partitions split 2 and 2")
+        producer = asyncio.create_task(produce())
+        await eventually(lambda: _effects_at_least(redis_client, settings, 1000), 60,
+                         interval=0.05, message="progress before the kill")
+        processed = [scrape(p).get("ragstream_events_processed_total", 0) for p in ports]
+        assert all(n > 0 for n in processed), f"both workers took a share: {processed}"
+        workers[0].signal(signal.SIGKILL)
+        workers[0].process.wait(10)
+        assert ledger(redis_client, settings)[0] < total, "the run ended before the kill"
+
+        await producer
+        await eventually(lambda: _effects_at_least(redis_client, settings, total), 120,
+                         message=f"the survivor finishes all {total}")
+        assert scrape(ports[1]).get("ragstream_partitions_assigned") == 4
+    finally:
+        if producer is not None:
+            producer.cancel()
+        for w in workers:
+            w.stop()
+
+    effects, deliveries, distinct = ledger(redis_client, settings)
+    print(f"effects={effects} deliveries={deliveries} replayed={deliveries - effects}")
+    assert effects == distinct == total  # nothing lost, no duplicate effect
+    receipts = await receipts_tap.read()
+    assert {json.loads(r.value)["data"]["source_event_id"] for r in receipts} == \
+        {e.id for e in events}
+
+
 async def test_sigterm_drains_the_batch_in_flight_and_commits(
         transport_env, transport_settings, transport_topics, redis_client, tmp_path):
     env = {**transport_env, "RAGSTREAM_BATCH_MAX_RECORDS": "20"}

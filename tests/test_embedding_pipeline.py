@@ -3,17 +3,17 @@ real Tansu and FalkorDB: upsert, update of one paragraph, delete, bad input, rep
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from aiokafka import AIOKafkaProducer
 
 from producers.events import document_deleted, document_upserted
 from ragstream.publisher import Publisher
-from ragstream.chunking import Chunker
 from ragstream.vectorstores.search import FusionWeights, Searcher
 from ragstream.transport.kafka import connection_options
-from tests.helpers import eventually, read_topic
-from tests.retrieval_support import (indexed_chunks, log_length, metric, pipeline, processed,
+from tests.helpers import metric, read_topic
+from tests.retrieval_support import (indexed_chunks, log_length, pipeline, settled,
                                      wait_for_chunks)
 
 DENSE = FusionWeights(dense=1, sparse=0)
@@ -37,9 +37,14 @@ def _doc(*paragraphs: str) -> str:
     return "\n\n".join(paragraphs)
 
 
-def _expected(settings, minilm, doc_id: str, text: str, title: str = "") -> dict[str, str]:
-    chunker = Chunker(minilm.model.tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens)
-    return {c.chunk_id: c.text_hash for c in chunker.split(doc_id, text, title)}
+def _chunks(doc_id: str, *texts: str, title: str = "") -> dict[str, str]:
+    """chunk id -> text hash of the chunks a document must become, written out by hand: the
+    texts are the chunk boundaries, and each chunk's text starts with the title on its own line.
+    (Each paragraph here is 47-54 word pieces: over the 32 floor and under both budgets, so each
+    is one chunk; a shorter paragraph joins the one after it.)"""
+    head = f"{title}\n" if title else ""
+    return {f"{doc_id}#{i}": hashlib.sha256((head + t).encode()).hexdigest()
+            for i, t in enumerate(texts)}
 
 
 def _small_chunks(settings):
@@ -56,9 +61,9 @@ async def test_upsert_then_query_finds_the_document(settings, topics, redis_clie
     async with Publisher(settings) as pub:
         await pub.publish(document_upserted(d, text, version=1, title=title)
                           for d, (title, text) in docs.items())
-    expected = {}
-    for d, (title, text) in docs.items():
-        expected |= _expected(settings, minilm, d, text, title)
+    expected = (_chunks("plants", INTRO, MIDDLE_V1, title="Photosynthesis")
+                | _chunks("fish", MIDDLE_V2, title="Zebrafish")
+                | _chunks("climate", OUTRO, title="C4 plants"))
 
     async with pipeline(settings, minilm) as (embedding, reindex):
         await wait_for_chunks(redis_client, settings.group_prefix, expected)
@@ -80,8 +85,7 @@ async def test_update_of_one_paragraph_reembeds_only_its_chunk(settings, topics,
                                                                 minilm):
     settings = _small_chunks(settings)
     v1, v2 = _doc(INTRO, MIDDLE_V1, OUTRO), _doc(INTRO, MIDDLE_V2, OUTRO)
-    before, after = _expected(settings, minilm, "d", v1), _expected(settings, minilm, "d", v2)
-    assert len(before) == 3 and sum(before[c] != after[c] for c in before) == 1
+    before, after = _chunks("d", INTRO, MIDDLE_V1, OUTRO), _chunks("d", INTRO, MIDDLE_V2, OUTRO)
 
     searcher = Searcher(settings, minilm)
     async with pipeline(settings, minilm) as (embedding, _), Publisher(settings) as pub:
@@ -111,25 +115,25 @@ async def test_delete_removes_the_document_from_dense_and_sparse(settings, topic
     settings = _small_chunks(settings)
     text = _doc(INTRO, MIDDLE_V1, OUTRO)
     searcher = Searcher(settings, minilm)
-    async with pipeline(settings, minilm), Publisher(settings) as pub:
+    async with pipeline(settings, minilm) as (embedding, reindex), Publisher(settings) as pub:
         await pub.publish([document_upserted("gone", text, version=1),
                            document_upserted("kept", MIDDLE_V2, version=1)])
-        expected = _expected(settings, minilm, "gone", text) | _expected(settings, minilm, "kept",
-                                                                         MIDDLE_V2)
-        await wait_for_chunks(redis_client, settings.group_prefix, expected)
+        await wait_for_chunks(redis_client, settings.group_prefix,
+                              _chunks("gone", INTRO, MIDDLE_V1, OUTRO) | _chunks("kept", MIDDLE_V2))
         assert {h.doc_id for h in searcher.search("photosynthesis", k=10)} == {"gone", "kept"}
 
         await pub.publish([document_deleted("gone", version=2)])
-        await wait_for_chunks(redis_client, settings.group_prefix,
-                              _expected(settings, minilm, "kept", MIDDLE_V2))
+        await wait_for_chunks(redis_client, settings.group_prefix, _chunks("kept", MIDDLE_V2))
         assert {h.doc_id for h in searcher.search("photosynthesis chlorophyll", k=10,
                                                   weights=DENSE)} == {"kept"}
         assert searcher.search("photosynthesis chlorophyll rubisco", k=10, weights=SPARSE) == []
-        # an older version arriving late (a replay, a reordering) does not bring it back
+        # an older version arriving late (a replay, a reordering) does not bring it back. "gone"
+        # and "kept" are keyed to different partitions, so kept's new chunks do not show that
+        # gone's event was read: wait until both workers processed everything published
         await pub.publish([document_upserted("gone", text, version=1),
                            document_upserted("kept", OUTRO, version=2)])
-        await wait_for_chunks(redis_client, settings.group_prefix,
-                              _expected(settings, minilm, "kept", OUTRO))
+        await settled(settings, embedding, reindex, documents=5)
+        assert indexed_chunks(redis_client, settings.group_prefix) == _chunks("kept", OUTRO)
     searcher.close()
 
 
@@ -150,9 +154,10 @@ async def test_corrupt_oversized_and_too_long_documents_go_to_the_dlq(settings, 
     finally:
         await producer.stop()
 
-    async with pipeline(settings, minilm):
-        await wait_for_chunks(redis_client, settings.group_prefix,
-                              _expected(settings, minilm, "fine", MIDDLE_V2))
+    async with pipeline(settings, minilm) as (embedding, reindex):
+        # the dead letters come from other partitions than "fine": wait for all four events
+        await settled(settings, embedding, reindex, documents=4)
+    assert indexed_chunks(redis_client, settings.group_prefix) == _chunks("fine", MIDDLE_V2)
     dead = await read_topic(settings, "documents.v1.dlq")
     reasons = {r.key.decode(): dict(r.headers)["x-error-reason"].decode() for r in dead}
     assert reasons == {"corrupt": "invalid_json", "huge": "oversized", "long": "too_many_chunks"}
@@ -165,27 +170,21 @@ async def test_replayed_events_leave_the_index_identical(settings, topics, redis
         await pub.publish(document_upserted(d, t, version=1) for d, t in texts.items())
         await pub.publish([document_upserted("r0", MIDDLE_V2, version=2),
                            document_deleted("r1", version=2)])
-    expected = {}
-    for d, t in texts.items():
-        if d != "r1":
-            expected |= _expected(settings, minilm, d, MIDDLE_V2 if d == "r0" else t)
-    async with pipeline(settings, minilm):
-        await wait_for_chunks(redis_client, settings.group_prefix, expected)
-    state = indexed_chunks(redis_client, settings.group_prefix)
+    # the one-line middle paragraph is under the 32-token floor: it joins the paragraph after it
+    expected = _chunks("r0", MIDDLE_V2)
+    for i in range(2, 5):
+        expected |= _chunks(f"r{i}", INTRO,
+                            f"Document number {i} talks about topic {i}.\n\n{OUTRO}")
+    async with pipeline(settings, minilm) as (embedding, reindex):
+        await settled(settings, embedding, reindex, documents=7)
+    assert indexed_chunks(redis_client, settings.group_prefix) == expected
     changes = log_length(redis_client, settings.group_prefix)
 
     # both workers read everything again from the start, under fresh consumer groups
     async with pipeline(settings, minilm, group_suffix=".replay") as (embedding, reindex):
-        async def embedding_replayed() -> bool:
-            return processed(embedding, "documents.v1") == 7
-        await eventually(embedding_replayed, 60, message="documents replayed")
-        published = len(await read_topic(settings, "chunks.embedded.v1", timeout=1))
-
-        async def reindex_replayed() -> bool:
-            return processed(reindex, "chunks.embedded.v1") == published
-        await eventually(reindex_replayed, 60, message="chunk events replayed")
+        await settled(settings, embedding, reindex, documents=7)
         assert metric(embedding, "ragstream_embedding_cache_misses_total") == 0
-    assert indexed_chunks(redis_client, settings.group_prefix) == state
+    assert indexed_chunks(redis_client, settings.group_prefix) == expected
     assert log_length(redis_client, settings.group_prefix) == changes
 
 
@@ -195,18 +194,19 @@ async def test_reembed_forces_every_chunk_through_the_model_again(settings, topi
 
     settings = _small_chunks(settings)
     text = _doc(INTRO, MIDDLE_V1, OUTRO)
-    expected = _expected(settings, minilm, "d", text)
-    async with pipeline(settings, minilm) as (embedding, _), Publisher(settings) as pub:
+    expected = _chunks("d", INTRO, MIDDLE_V1, OUTRO)
+    async with pipeline(settings, minilm) as (embedding, reindex), Publisher(settings) as pub:
         await pub.publish([document_upserted("d", text, version=1),
                            document_upserted("x", MIDDLE_V2, version=1),
                            document_deleted("x", version=2)])
-        await wait_for_chunks(redis_client, settings.group_prefix, expected)
+        # "x" is keyed apart from "d": its events too must be read before misses is counted
+        await settled(settings, embedding, reindex, documents=3)
+        assert indexed_chunks(redis_client, settings.group_prefix) == expected
         misses = metric(embedding, "ragstream_embedding_cache_misses_total")
 
         namespace, sent = await reembed(settings)
         assert (namespace, sent) == (1, 1)  # the deleted document is not re-sent
 
-        async def reembedded() -> bool:
-            return metric(embedding, "ragstream_embedding_cache_misses_total") == misses + 3
-        await eventually(reembedded, 60, message="every chunk embedded again")
-        await wait_for_chunks(redis_client, settings.group_prefix, expected)
+        await settled(settings, embedding, reindex, documents=4)  # and the re-sent one
+        assert metric(embedding, "ragstream_embedding_cache_misses_total") == misses + 3
+        assert indexed_chunks(redis_client, settings.group_prefix) == expected

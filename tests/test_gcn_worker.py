@@ -11,7 +11,7 @@ from ragstream.graph import KgSettings
 from schemas.catalogue import KG_CHANGED
 from schemas.envelope import Envelope
 from schemas.payloads import KgChanged
-from tests.helpers import eventually, running
+from tests.helpers import eventually, processed, running
 from workers.gcn_refresh import GcnRefreshWorker
 
 
@@ -26,14 +26,17 @@ async def test_worker_gathers_dirty_entities_idempotently(settings, topics, falk
                _change("d2", ["c"], [("c", "x"), ("y", "z")])]
     dirty = DirtySet(redis.asyncio.Redis(port=falkordb.port),
                      KgSettings().graph_name(settings))
-    async with running(GcnRefreshWorker(), settings):
+    async with running(GcnRefreshWorker(), settings) as runtime:
         async with Publisher(settings) as pub:
             await pub.publish(changes)
             await pub.publish(changes)  # a replay changes nothing
 
-        async def gathered() -> bool:
-            return await dirty.members() == {"a", "b", "c", "x", "y", "z"}
-        await eventually(gathered, 30, message="dirty set filled")
+        # the set is full after the first two events already: wait until the replay was read
+        async def all_read() -> bool:
+            return processed(runtime, "kg.changes.v1") >= 4
+        await eventually(all_read, 30, message="4 change events processed")
+        assert processed(runtime, "kg.changes.v1") == 4
+    assert await dirty.members() == {"a", "b", "c", "x", "y", "z"}
     assert await dirty.size() == 6
     await dirty.client.delete(dirty.key)
     await dirty.client.aclose()

@@ -3,16 +3,22 @@ a Redis run their own scheduled jobs, while one deployment still runs each job o
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 
 import numpy as np
+import pytest
 import redis
 
 from ragstream import celery_app
 from ragstream.config import Settings
 from ragstream.context import WorkerContext
 from ragstream.index.store import APPLY_CHANGES, delete_args, upsert_args
-from ragstream.locks import renewed_lock
+from ragstream.locks import LockTimeout, renewed_lock
 from ragstream.metrics import RuntimeMetrics
 from ragstream.stores.keys import Keys
 
@@ -73,3 +79,62 @@ async def test_the_context_builds_clients_from_the_settings_or_takes_a_tests_own
                         graph_backend=lambda kg: ("backend for", kg.graph_name(settings)))
     assert ctx.embedder is embedder
     assert ctx.graph_backend() == ("backend for", f"{settings.group_prefix}.kg")
+
+
+def test_a_renewed_lock_outlives_its_ttl_and_a_killed_holder_frees_it_within_one(falkordb):
+    """The GCN refresh and every scheduled task hold such a lock for far longer than its TTL:
+    renewal must keep others out all that time, and a holder that is killed must not keep it."""
+    name, ttl = f"test.renewed.{uuid.uuid4().hex[:8]}", 2.0
+    client = redis.Redis.from_url(falkordb.url)
+
+    def taken_by_another() -> bool:
+        other = client.lock(name, timeout=ttl, blocking_timeout=0, thread_local=False)
+        if other.acquire():
+            other.release()
+            return True
+        return False
+
+    try:
+        with renewed_lock(client, name, ttl_s=ttl, wait_s=0):
+            held_until = time.monotonic() + 2.5 * ttl
+            while time.monotonic() < held_until:
+                assert not taken_by_another()
+                assert 0 < client.pttl(name) <= ttl * 1000
+                time.sleep(0.2)
+            with pytest.raises(LockTimeout):  # the lock's own waiters time out too
+                with renewed_lock(client, name, ttl_s=ttl, wait_s=0.3):
+                    pass
+        assert taken_by_another()  # released on exit, not left to expire
+
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, falkordb.url, name, str(ttl)],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        try:
+            assert holder.stdout.readline() == "held\n"
+            time.sleep(ttl)  # the holder has renewed by now
+            assert not taken_by_another()
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(10)
+        # nobody renews it now: it is gone within what is left of one TTL, whatever the delay
+        # between the kill and this read
+        assert 0 < client.pttl(name) <= ttl * 1000
+        deadline = time.monotonic() + ttl + 5
+        while not taken_by_another():
+            assert time.monotonic() < deadline, "a killed holder's lock outlived its TTL"
+            time.sleep(0.1)
+    finally:
+        client.delete(name)
+        client.close()
+
+
+_HOLDER = """
+import sys, time
+import redis
+from ragstream.locks import renewed_lock
+
+url, name, ttl = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with renewed_lock(redis.Redis.from_url(url), name, ttl_s=ttl, wait_s=0):
+    print("held", flush=True)
+    time.sleep(600)
+"""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 from producers.events import document_upserted
@@ -16,7 +17,7 @@ from ragstream.schedule import ENTRIES
 from ragstream.stack import ManagedProcess
 from tests.kg_support import graph, recogniser, wait_for_versions  # noqa: F401  (fixtures)
 from workers.entity_linking import EntityLinkingWorker
-from tests.helpers import running
+from tests.helpers import eventually, running
 
 TASK, _ = ENTRIES["kg-gazetteer-refresh"]
 
@@ -34,7 +35,7 @@ async def test_scheduled_refresh_embeds_entities_and_workers_link_through_it(
                             tmp_path / "celery.log", env=env)
     celery.start()
     try:
-        async with running(EntityLinkingWorker(kg, recogniser), settings):
+        async with running(EntityLinkingWorker(kg, recogniser), settings) as runtime:
             async with Publisher(settings) as pub:
                 await pub.publish([document_upserted(
                     "a", "Angela Merkel met Emmanuel Macron in Berlin on Monday.", version=1)])
@@ -50,12 +51,19 @@ async def test_scheduled_refresh_embeds_entities_and_workers_link_through_it(
             assert {len(e.embedding) for e in entries} == {384}
             assert await run_task(settings) == {"embedded": 0, "version": 2}  # idempotent
 
-            # the worker polls the version, reloads its ruler, and links the known name directly
-            await asyncio.sleep(1.0)
+            # the worker polls the version before a batch, at most once per gazetteer_poll_s:
+            # wait until its next batch will poll, then it reloads its ruler and links the
+            # known name directly
+            worker = runtime.worker
+
+            async def poll_due() -> bool:
+                return time.monotonic() - worker._gazetteer_checked >= kg.gazetteer_poll_s
+            await eventually(poll_due, 5, interval=0.05, message="the gazetteer poll due")
             async with Publisher(settings) as pub:
                 await pub.publish([document_upserted(
                     "b", "Angela Merkel spoke in Madrid.", version=1)])
             await wait_for_versions(graph, {"b": (1, False)}, 60)
+            assert worker.resolver.gazetteer.version == 2
         rows = await graph.backend.read(
             "MATCH (:Document {id: 'b'})-[m:MENTIONS]->(e:Entity {name: 'Angela Merkel'}) "
             "RETURN e.id, m.method", {})

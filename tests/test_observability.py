@@ -168,28 +168,29 @@ async def test_every_dashboard_query_returns_series_from_a_live_scrape(env, sett
         await eventually(scraped_everything, 120, interval=1,
                          message="the pipeline's series scraped (search freshness, dead letters, "
                                  "inference results, Triton's own)")
-        # a second wave once the first is scraped: the worker's histograms are born with their
-        # first observations, so only a change after a scrape gives their rates a value
+        # a second wave once the first is scraped: the workers' histograms are born with their
+        # first observations, so only a change after a scrape gives their rates a value. A
+        # document (the pipeline's histograms) and inference requests (the inference ones)
         await _publish(settings, [embed_request(f"note {i} on tea", correlation_id=f"j{i}")
                                   for i in range(8)])
+        r = httpx.put(f"http://127.0.0.1:{gateway_port}/v1/documents/scrape-3", headers=auth,
+                      json={"text": "Document 3 about Reuters and tea.", "version": 1})
+        assert r.status_code == 202, r.text
 
         async def second_wave_scraped() -> bool:
-            return bool(_instant(base, 'ragstream_inference_results_total{status="ok"} >= 16'))
+            inferred = _instant(base, 'ragstream_inference_results_total{status="ok"} >= 16')
+            indexed = _instant(base, "sum(ragstream_index_freshness_seconds_count) >= 4")
+            return bool(inferred and indexed)
 
-        await eventually(second_wave_scraped, 60, interval=1, message="16 inference results")
-        time.sleep(3)  # a few more scrapes, so that rates have two samples past the change
-
-        missing, empty_values = [], []
-        for title, expr in _queries():
-            result = _instant(base, expr)  # a query that does not parse fails here
-            if title in PENDING:
-                continue
-            if not result:
-                missing.append(f"{title}: {expr}")
-            elif not any(math.isfinite(float(s["value"][1])) for s in result):
-                empty_values.append(f"{title}: {expr}")
-        assert not missing, "dashboard queries with no series:\n" + "\n".join(missing)
-        assert not empty_values, "dashboard queries with only NaN:\n" + "\n".join(empty_values)
+        await eventually(second_wave_scraped, 60, interval=1,
+                         message="16 inference results and 4 chunks searchable")
+        # a rate needs two samples past the change: wait a few scrapes until every panel shows
+        # a value, well inside the 30 s rate window (past it, every rate is 0 and a ratio NaN)
+        gaps, deadline = _dashboard_gaps(base), time.monotonic() + 15
+        while gaps and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+            gaps = _dashboard_gaps(base)
+        assert not gaps, "dashboard queries with no series or only NaN:\n" + "\n".join(gaps)
         # the check can fail: a misspelled metric has no series
         assert _instant(base, "sum by (worker) (rate(ragstream_events_procesed_total[30s]))") == []
 
@@ -211,6 +212,20 @@ async def test_every_dashboard_query_returns_series_from_a_live_scrape(env, sett
         if triton_started is not None:
             await asyncio.gather(triton_started, return_exceptions=True)
         triton.stop()
+
+
+def _dashboard_gaps(base: str) -> list[str]:
+    """The dashboard queries with no series, or only NaN (a query that does not parse fails)."""
+    gaps = []
+    for title, expr in _queries():
+        result = _instant(base, expr)
+        if title in PENDING:
+            continue
+        if not result:
+            gaps.append(f"{title}: {expr} (no series)")
+        elif not any(math.isfinite(float(s["value"][1])) for s in result):
+            gaps.append(f"{title}: {expr} (only NaN)")
+    return gaps
 
 
 async def _publish(settings, envelopes) -> None:

@@ -3,13 +3,13 @@ final index equals a clean run's, with the same chunk ids and no duplicates."""
 
 from __future__ import annotations
 
+import hashlib
 import signal
 
 import pytest
 
 from producers.events import document_upserted
 from ragstream.publisher import Publisher
-from ragstream.chunking import Chunker
 from ragstream.index.replica import IndexReplica
 from tests.helpers import eventually, start_worker
 from tests.retrieval_support import indexed_chunks, log_length, wait_for_chunks
@@ -17,19 +17,27 @@ from tests.retrieval_support import indexed_chunks, log_length, wait_for_chunks
 DOCS = 120
 
 
+def _paragraphs(i: int) -> tuple[str, str]:
+    """Two paragraphs of 116-140 word pieces each, distinct per document: over the chunker's
+    32-token floor and under its 240-token budget, so each is exactly one chunk."""
+    first = (f"Report {i} on subject {i % 13}. "
+             + " ".join(f"term{(i * 31 + j * 7) % 997}" for j in range(40)) + ".")
+    second = (f"Findings of report {i}: "
+              + " ".join(f"value{(i * 17 + j * 11) % 991}" for j in range(40))
+              + f". End of report {i}.")
+    return first, second
+
+
 def _text(i: int) -> str:
-    # about 100 words per document, distinct per document
-    words = [f"term{(i * 31 + j * 7) % 997}" for j in range(90)]
-    return f"Report {i} on subject {i % 13}. " + " ".join(words) + f". End of report {i}."
+    return "\n\n".join(_paragraphs(i))
 
 
 @pytest.mark.slow
 async def test_killed_workers_converge_to_the_clean_index(env, settings, topics, redis_client,
-                                                          minilm, tmp_path):
-    chunker = Chunker(minilm.model.tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens)
-    clean = {}
-    for i in range(DOCS):
-        clean |= {c.chunk_id: c.text_hash for c in chunker.split(f"doc{i}", _text(i), "")}
+                                                          tmp_path):
+    # the clean index, by hand: a chunk per paragraph, "doc<i>#<position>" -> sha256 of its text
+    clean = {f"doc{i}#{position}": hashlib.sha256(paragraph.encode()).hexdigest()
+             for i in range(DOCS) for position, paragraph in enumerate(_paragraphs(i))}
     async with Publisher(settings) as pub:
         await pub.publish(document_upserted(f"doc{i}", _text(i), version=1) for i in range(DOCS))
 

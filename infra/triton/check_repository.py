@@ -77,6 +77,8 @@ def main() -> None:
     (enc / "config.pbtxt").write_text(config.replace('platform: "onnxruntime_onnx"',
                                                      'backend: "python"')
                                       .replace("KIND_GPU", "KIND_CPU"))
+    # the version folder holds only the uncommitted model.onnx: a clean clone has none
+    (enc / "1").mkdir(exist_ok=True)
     (enc / "1" / "model.py").write_text(STAND_IN)
 
     http, grpc = free_port(), free_port()
@@ -86,6 +88,7 @@ def main() -> None:
     log = open(work / "tritonserver.log", "wb")
     proc = subprocess.Popen([str(dist / "bin" / "tritonserver"), f"--model-repository={models}",
                              f"--backend-directory={dist / 'backends'}",
+                             "--strict-model-config=true",  # as compose runs it
                              f"--http-port={http}", f"--grpc-port={grpc}",
                              f"--metrics-port={free_port()}", "--http-address=127.0.0.1",
                              "--grpc-address=127.0.0.1", "--exit-timeout-secs=5"], env=env, stdout=log,

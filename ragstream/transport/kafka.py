@@ -12,7 +12,9 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError, KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError,
+    UnknownError,
 )
+from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as KafkaTP
 
@@ -34,7 +36,9 @@ def connection_options(settings: Settings) -> dict[str, Any]:
         if settings.kafka_password is not None:
             opts["sasl_plain_password"] = settings.kafka_password.get_secret_value()
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        opts["ssl_context"] = aiokafka.helpers.create_ssl_context()
+        # ``aiokafka.helpers`` is not loaded by ``import aiokafka``: reached through the package,
+        # every TLS setting raised AttributeError before a connection was tried
+        opts["ssl_context"] = create_ssl_context()
     return opts
 
 
@@ -122,8 +126,15 @@ class KafkaConsumer:
         return self._consumer.highwater(KafkaTP(*tp))
 
 
+class IdempotenceRefused(RuntimeError):
+    """The broker refused the idempotent producer's InitProducerId: a configuration mismatch,
+    so the process stops with this message instead of aiokafka's bare ``UnknownError()``."""
+
+
 class KafkaProducer:
     def __init__(self, settings: Settings):
+        self._idempotence = settings.kafka_idempotence
+        self._bootstrap = settings.kafka_bootstrap
         self._producer = aiokafka.AIOKafkaProducer(
             **connection_options(settings),
             acks="all",
@@ -134,7 +145,18 @@ class KafkaProducer:
         )
 
     async def start(self) -> None:
-        await self._producer.start()
+        try:
+            with _typed_errors("connect"):
+                await self._producer.start()
+        except BaseException as exc:
+            await self._producer.stop()  # a failed start leaves its client open
+            if self._idempotence and isinstance(exc, UnknownError):
+                raise IdempotenceRefused(
+                    f"the Kafka broker at {self._bootstrap} refused InitProducerId, which the "
+                    "idempotent producer (RAGSTREAM_KAFKA_IDEMPOTENCE=true) needs; a broker "
+                    "without it, like the embedded Tansu 0.6, needs "
+                    "RAGSTREAM_KAFKA_IDEMPOTENCE=false") from exc
+            raise
 
     async def stop(self) -> None:
         await self._producer.stop()
