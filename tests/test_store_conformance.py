@@ -17,8 +17,7 @@ from ragstream.publisher import Publisher
 from ragstream.vectorstores import open_store
 from ragstream.vectorstores.base import Counts, DocumentDelete, Filter
 from ragstream.vectorstores.search import FusionWeights, Searcher
-from tests.helpers import eventually, running
-from tests.retrieval_support import metric
+from tests.helpers import eventually, metric, running
 from tests.store_support import CuttableProxy, sha, unit, upsert
 from workers.embedding import EmbeddingWorker
 from workers.reindex import PgvectorReindexWorker, ReindexWorker
