@@ -255,3 +255,40 @@ async def test_a_store_down_for_20_s_holds_the_worker_back_and_loses_nothing(
     finally:
         store.drop()
         await proxy.cut()
+
+
+@pytest.mark.parametrize("target_name", ["pgvector", "qdrant"])
+def test_a_backfill_copies_every_chunk_resumes_and_never_overwrites_a_newer_write(env, target_name):
+    from ragstream.vectorstores.backfill import backfill
+
+    settings = Settings.from_env(env)
+    source, target = open_store(settings, "embedded"), open_store(settings, target_name)
+    try:
+        source.ensure_schema("test-model", 8)
+        source.apply([upsert(f"d{d}#{p}", 2, f"d{d} p{p}") for d in range(5) for p in range(2)])
+        source.apply([upsert("d0#0", 3, "d0 newer")])  # version 3 changed one paragraph
+        target.ensure_schema("test-model", 8)
+        # the target's own worker has applied that change already, and a newer one of d1
+        target.apply([upsert("d0#0", 3, "d0 newer"), upsert("d1#0", 4, "d1 newest")])
+
+        class Interrupted(Exception):
+            pass
+
+        def stop_after_first_page(progress):
+            if progress.copied == 3:
+                raise Interrupted
+        with pytest.raises(Interrupted):
+            backfill(settings, "embedded", target_name, page=3, progress=stop_after_first_page)
+        # d0#1 came at d0's applied version (3): a chunk unchanged since version 2 still lands
+        assert set(content(target)) == {"d0#0", "d0#1", "d1#0"}
+        done = backfill(settings, "embedded", target_name, page=3)
+        assert (done.copied, done.changed, done.total) == (7, 6, 10)  # resumed after page one
+        copied, expected = content(target), content(source)
+        # the target's newer d1 stays; d1#1 comes once the source has caught up and it reruns
+        assert copied.pop("d1#0") == (sha("d1 newest"), 0, 4)
+        del expected["d1#0"], expected["d1#1"]
+        assert copied == expected
+        assert backfill(settings, "embedded", target_name).changed == 0
+    finally:
+        source.drop()
+        target.drop()

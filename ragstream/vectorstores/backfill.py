@@ -9,6 +9,11 @@ version-guarded, so a page read before a newer change never overwrites it, and a
 deleted meanwhile stays deleted (the target refuses the older upsert). Start the target's worker
 first (add the store to ``RAGSTREAM_STORE_FRESH``), then backfill: what the worker has not seen
 comes from the backfill, what changes after comes from the worker.
+
+A document the target holds at a newer version than the source (the source's worker lagging)
+keeps the target's chunks, and its chunks that changed before are refused until the source has
+caught up: run the backfill again then (a complete one changes nothing) and compare the stores'
+digests.
 """
 
 from __future__ import annotations
