@@ -55,6 +55,8 @@ def keys():
         ("admin", ["admin"], 1000.0, 1000),
         ("slow", ["publish"], 0.2, 2),
         ("inferrer", ["publish", "infer"], 1000.0, 1000),
+        ("small_infer", ["infer"], 0.01, 4),
+        ("small_infer_2", ["infer"], 0.01, 4),
     ]}
 
 
@@ -185,6 +187,26 @@ def test_infer_times_out_with_504_when_no_result_comes(server, keys):
                                            "data": ["hello"]}]}
     r = httpx.post(server.url + "/v1/infer", json=body, headers=auth(keys, "admin"), timeout=10)
     assert r.status_code == 504
+
+
+def test_infer_pays_for_the_size_of_its_request(server, keys):
+    """A token per started KiB of the request's event past the first, as on /v1/events; one
+    token used to buy an inference request of any size up to the event limit."""
+    def request(chars: int) -> dict:
+        return {"model": "minilm", "inputs": [{"name": "TEXT", "datatype": "BYTES",
+                                               "shape": [1], "data": ["x" * chars]}]}
+
+    url = server.url + "/v1/infer"
+    # about 3.5 kB of event: 4 KiB started, 4 tokens, the key's whole burst; it passes and
+    # waits for a result (no inference worker here: 504) ...
+    r = httpx.post(url, json=request(3000), headers=auth(keys, "small_infer"), timeout=10)
+    assert r.status_code == 504, r.text
+    # ... and leaves nothing for the next request, however small
+    r = httpx.post(url, json=request(1), headers=auth(keys, "small_infer"), timeout=10)
+    assert r.status_code == 429, r.text
+    # about 6.5 kB costs 7 tokens: more than the burst, so it can never pass
+    r = httpx.post(url, json=request(6000), headers=auth(keys, "small_infer_2"), timeout=10)
+    assert r.status_code == 413 and "costs 7 tokens" in r.text and "burst of 4" in r.text, r.text
 
 
 def _put(server, keys, key: str, doc_id: str, body: bytes, **kwargs) -> httpx.Response:
