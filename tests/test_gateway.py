@@ -77,13 +77,18 @@ async def test_events_are_validated_per_item_and_only_valid_ones_published(serve
             for i in range(2)]
     bad = {"type": "ragstream.document.upserted", "source": "x", "subject": "d9",
            "data": {"doc_id": "d9"}}
-    r = httpx.post(server.url + "/v1/events", json={"events": [good[0], bad, good[1]]},
+    # a valid document whose subject names another: every worker would dead-letter it
+    elsewhere = json.loads(document_upserted("d8", "text", version=1).model_dump_json())
+    elsewhere["subject"] = "d7"
+    r = httpx.post(server.url + "/v1/events", json={"events": [good[0], bad, good[1], elsewhere]},
                    headers={**auth(keys, "publisher"), "X-Request-ID": "req-42"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["accepted"], body["rejected"]) == (2, 1)
-    assert [x["status"] for x in body["results"]] == ["accepted", "rejected", "accepted"]
+    assert (body["accepted"], body["rejected"]) == (2, 2)
+    assert [x["status"] for x in body["results"]] == ["accepted", "rejected", "accepted",
+                                                      "rejected"]
     assert "data.text" in body["results"][1]["error"] or "text" in body["results"][1]["error"]
+    assert body["results"][3]["error"].startswith("subject_mismatch")
     assert r.headers["X-Request-ID"] == "req-42"
     records = await read_topic(settings, "documents.v1", timeout=1)
     published = [json.loads(x.value) for x in records]
