@@ -273,27 +273,27 @@ class WorkerRuntime:
         """The results of the causes whose every result is within ``limit``; each other cause
         becomes a dead letter and none of its results is sent (all or none of an event's
         results, as a failed process would)."""
-        over = {}
+        over = {}  # by id(cause): two events of a batch may share an event id
         for m, cause in results:
-            if len(m.value) > limit and cause.id not in over:
-                over[cause.id] = (cause, m)
+            if len(m.value) > limit and id(cause) not in over:
+                over[id(cause)] = (cause, m)
         for cause, m in over.values():
             dead.append(_result_too_large(cause, m, limit))
-        return [(m, c) for m, c in results if c.id not in over]
+        return [(m, c) for m, c in results if id(c) not in over]
 
     async def _send_one_by_one(self, results: list[tuple[OutMessage, Event]],
                                letters: list[OutMessage], dead: list[DeadLetter]) -> list[str]:
         sent: list[str] = []
-        refused: dict[str, DeadLetter] = {}
+        refused: dict[int, DeadLetter] = {}
         for m, cause in results:
-            if cause.id in refused:
+            if id(cause) in refused:
                 continue
             try:
                 await self.producer.send_all([m])
                 sent.append(m.topic)
             except MessageTooLarge as exc:
                 # results of this cause sent before stay sent: replays re-send them alike
-                refused[cause.id] = _result_too_large(cause, m, None, str(exc))
+                refused[id(cause)] = _result_too_large(cause, m, None, str(exc))
         dead += refused.values()
         letters += [d.to_message(self.worker.name, self._dead_letter_max)
                     for d in refused.values()]
