@@ -30,6 +30,7 @@ from ragstream.context import WorkerContext
 from ragstream.errors import CommitLost, MessageTooLarge, unavailable_types
 from ragstream.logs import worker_var
 from ragstream.metrics import HealthServer, RuntimeMetrics, WorkerSeries
+from ragstream.runtime import failpoints
 from ragstream.runtime.batch import Batch, DeadLetter, Event, Worker, check_sinks
 from ragstream.runtime.isolation import Isolation
 from ragstream.runtime.partitions import Partitions
@@ -40,6 +41,7 @@ from schemas.catalogue import DecodeError, decode, topic
 log = logging.getLogger(__name__)
 
 ConsumerFactory = Callable[..., Consumer]
+COMMIT_LOST_MESSAGE = "commit failed after a rebalance"  # the log line of an evicted worker
 
 
 @dataclass
@@ -192,16 +194,19 @@ class WorkerRuntime:
         # 1. Decode: bytes to typed events. What cannot be read is a dead letter at once.
         dead: list[DeadLetter] = []
         events = self._decode(records, dead)
+        failpoints.reached("decoded", records)
         trace = tracing.BatchTrace(self.worker.name, events) if tracing.ENABLED else None
         try:
             # 2. Process, isolating the events that keep failing (into ``dead``). The sinks are
             #    flushed inside, per successful (sub-)batch.
             done = await self.isolation.run(events, dead) if events else []
+            failpoints.reached("flushed", records)
             # 3. Publish results and dead letters, and wait for the broker's acks.
             for b in done:
                 dead.extend(DeadLetter(x.event.record, "Rejected", x.reason, x.message,
                                        "process", 1) for x in b.rejected)
             emitted = await self._publish(done, dead, trace)
+            failpoints.reached("published", records)
         except unavailable_types() as exc:
             # Backpressure: a store or the broker is down. Replay this batch later; never drop.
             if trace is not None:
@@ -212,6 +217,7 @@ class WorkerRuntime:
 
         # 4. Commit: everything before this point is durable.
         await self._commit(records)
+        failpoints.reached("committed", records)
         if trace is not None:
             trace.end()
 
@@ -320,7 +326,7 @@ class WorkerRuntime:
             await self.consumer.commit(self.partitions.commit_offsets(records))
         except CommitLost as exc:
             # The group moved on; the new owner replays from the last commit, idempotently.
-            log.warning("commit failed after a rebalance", extra={"error": str(exc)})
+            log.warning(COMMIT_LOST_MESSAGE, extra={"error": str(exc)})
 
     def _record(self, started: float, done: list[Batch], emitted: list[str],
                 dead: list[DeadLetter]) -> None:
