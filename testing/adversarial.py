@@ -80,7 +80,6 @@ class Request:
     path: str
     key: str
     body: Any = None  # JSON
-    content: bytes | None = None  # a body sent as it is
 
 
 @dataclass
@@ -512,7 +511,7 @@ class AdversarialPhase:
         for _ in range(repeats):
             try:
                 r = await client.request(req.method, req.path, json=req.body,
-                                         content=req.content, headers=self._auth(req.key))
+                                         headers=self._auth(req.key))
                 statuses.append(r.status_code)
                 h.answer = r.text[:300]
             except httpx.HTTPError as exc:

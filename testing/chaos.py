@@ -50,7 +50,6 @@ import numpy as np
 import redis
 
 from producers import reuters
-from testing import adversarial
 from producers.events import document_deleted, document_upserted
 from ragstream.config import MAX_EVENT_BYTES, Settings
 from ragstream.publisher import encode
@@ -62,6 +61,7 @@ from ragstream.vectorstores.base import ChunkStore, ChunkUpsert, canonical_metad
 from ragstream.stack import FalkorDB, ManagedProcess, Tansu, worker_process
 from schemas.envelope import DERIVED_SUFFIX_CHARS, MAX_ID_CHARS, Envelope
 from schemas.payloads import MAX_VERSION
+from testing import adversarial
 
 PIPELINE = ("embedding", "reindex", "entity_linking", "gcn_refresh")
 DOCUMENT_GROUPS = ("embedding", "entity_linking")  # both dead-letter every invalid document event
