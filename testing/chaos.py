@@ -315,6 +315,7 @@ class Run:
         self.result = RunResult(name)
         self.workers: dict[str, ManagedProcess] = {}
         self._starts: dict[str, int] = {}
+        self._started_at: dict[str, float] = {}
         self._expected_exit: set[str] = set()
         self._stopped: str | None = None
         self._behind: set[str] = set()  # the groups with input left to commit, at last look
@@ -401,6 +402,7 @@ class Run:
         proc = worker_process(name, env, self.dir, log_name=f"{name}-{n}")
         proc.start()
         self.workers[name] = proc
+        self._started_at[name] = time.monotonic()
 
     def supervise(self) -> None:
         """Restart dead workers; a death the harness did not cause is counted."""
@@ -438,15 +440,18 @@ class Run:
         return None
 
     def kill(self, name: str) -> str | None:
-        """SIGKILL ``name``, or another worker if its group has nothing left to commit: a kill
-        counts only where it can interrupt work (a dead or idle worker's kill proves nothing).
-        Returns the worker killed, or None if every group is done."""
+        """SIGKILL ``name``, or another worker if its group has nothing left to commit or it
+        was restarted moments ago while another busy one has run longer: a kill counts only
+        where it can interrupt work (a dead or idle worker's kill proves nothing, and a worker
+        still loading its model has no batch in hand). Returns the worker killed, or None if
+        every group is done."""
         busy = [n for n in PIPELINE if n in self._behind and n != self._stopped
                 and self.workers[n].alive()]
         if not busy:
             return None
-        if name not in busy:
-            name = self.rng.choice(busy)
+        settled = [n for n in busy if time.monotonic() - self._started_at[n] >= 3.0]
+        if name not in busy or (name not in settled and settled):
+            name = self.rng.choice(settled or busy)
         proc = self.workers[name]
         self._expected_exit.add(name)
         proc.signal(signal.SIGKILL)
@@ -623,7 +628,8 @@ class Run:
     def _schedule(self, plan: ChaosPlan) -> list[tuple[float, str, str]]:
         """Seeded: at which fraction of committed progress each fault strikes."""
         rng = self.rng
-        actions = [(rng.uniform(0.02, 0.9), "kill", rng.choice(PIPELINE))
+        # kills end at 80%: later ones met every group done (progress jumps at the end)
+        actions = [(rng.uniform(0.02, 0.8), "kill", rng.choice(PIPELINE))
                    for _ in range(plan.kills)]
         if plan.outage_s:
             actions.append((rng.uniform(0.25, 0.45), "outage", ""))

@@ -1,9 +1,10 @@
 """Failpoints: a worker kills itself at a named step of a batch's path, for the chaos harness.
 
-``RAGSTREAM_FAILPOINTS="flushed=doc-7|doc-9,published=doc-3"`` makes the worker SIGKILL itself
-at ``flushed`` (sinks written, nothing published) on the first batch that holds two or more
-records keyed ``doc-7`` or ``doc-9`` (several versions of one document, say), and at
-``published`` on the first that holds two of ``doc-3``. The steps, in a batch's order:
+``RAGSTREAM_FAILPOINTS="flushed,published=doc-3|doc-9"`` makes the worker SIGKILL itself at
+``flushed`` (sinks written, nothing published) on the first batch that holds two or more records
+of one key (on documents.v1, several versions of one document), and at ``published`` on the
+first that holds two records keyed ``doc-3`` or two keyed ``doc-9``. The steps, in a batch's
+order:
 
 - ``decoded``: the records are read, nothing processed;
 - ``flushed``: the sinks are written, no result or dead letter published;
@@ -31,31 +32,32 @@ HIT_MESSAGE = "failpoint hit, killing this worker"
 log = logging.getLogger(__name__)
 
 
-def parse(spec: str) -> dict[str, frozenset[bytes]]:
-    """``step=key|key,step=key`` to {step: keys}."""
-    armed: dict[str, frozenset[bytes]] = {}
+def parse(spec: str) -> dict[str, frozenset[bytes] | None]:
+    """``step,step=key|key`` to {step: keys, or None for any key}."""
+    armed: dict[str, frozenset[bytes] | None] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         step, _, keys = part.partition("=")
-        if step not in STEPS or not keys:
-            raise ValueError(f"failpoint {part!r}: expected one of {STEPS}=key|key")
-        armed[step] = frozenset(k.encode() for k in keys.split("|"))
+        if step not in STEPS:
+            raise ValueError(f"failpoint {part!r}: expected one of {STEPS}, or step=key|key")
+        armed[step] = frozenset(k.encode() for k in keys.split("|")) if keys else None
     return armed
 
 
 def render(armed: dict[str, Sequence[str]]) -> str:
-    """The inverse of ``parse``, for the harness that sets the variable."""
-    return ",".join(f"{step}={'|'.join(keys)}" for step, keys in armed.items())
+    """The inverse of ``parse``, for the harness that sets the variable (no keys: any key)."""
+    return ",".join(f"{step}={'|'.join(keys)}" if keys else step
+                    for step, keys in armed.items())
 
 
 _armed = parse(os.environ.get("RAGSTREAM_FAILPOINTS", ""))
 
 
 def reached(step: str, records: Sequence[Record]) -> None:
-    """Kill this process if ``step`` is armed and ``records`` hold two of one armed key."""
-    keys = _armed.get(step) if _armed else None
-    if not keys:
+    """Kill this process if ``step`` is armed and ``records`` hold two of one (armed) key."""
+    if not _armed or step not in _armed:
         return
-    counts = Counter(r.key for r in records if r.key in keys)
+    keys = _armed[step]
+    counts = Counter(r.key for r in records if keys is None or r.key in keys)
     hit = next((k for k, n in counts.items() if n >= 2), None)
     if hit is None:
         return
