@@ -591,12 +591,17 @@ class Run:
             due = actions and (prog.get("embedding", -1.0) if actions[0][1] == "flush"
                                else p) >= actions[0][0]
             while due and now - last >= 1.5 and outage_until is None:
-                _, kind, arg = actions.pop(0)
+                action = actions.pop(0)
+                _, kind, arg = action
                 last = now
                 if kind == "kill":
                     killed = self.kill(arg)
-                    self.log(f"[{self.name}] SIGKILL {killed} at progress {p:.2f}" if killed
-                             else f"[{self.name}] no kill at progress {p:.2f}: all groups done")
+                    if killed:
+                        self.log(f"[{self.name}] SIGKILL {killed} at progress {p:.2f}")
+                    elif self._behind:  # only the SIGSTOPped worker has work: after SIGCONT
+                        actions.insert(0, action)
+                    else:
+                        self.log(f"[{self.name}] no kill at progress {p:.2f}: all groups done")
                 elif kind == "outage":
                     self.falkordb.stop()
                     outage_until = now + plan.outage_s
