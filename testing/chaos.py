@@ -297,6 +297,35 @@ class Phase(Protocol):
         """Stop, once the run converged or stalled, before its end state is read."""
 
 
+class Trickle:
+    """A ``Phase`` that publishes the rest of a history in waves while the workers run, so the
+    chaos run's faults land while events still arrive: published all at once, 60 documents
+    were done before half the planned kills could find a worker with work to lose."""
+
+    def __init__(self, messages: list[tuple[str, bytes | None, bytes]], waves: int,
+                 every_s: float):
+        self.messages, self.waves, self.every_s = messages, waves, every_s
+        self._task: asyncio.Task | None = None
+
+    async def begin(self, run: Run) -> None:
+        self._task = asyncio.create_task(self._publish(run))
+
+    async def _publish(self, run: Run) -> None:
+        size = -(-len(self.messages) // self.waves)
+        for start in range(0, len(self.messages), size):
+            await asyncio.sleep(self.every_s)
+            await run.send(self.messages[start:start + size])
+
+    def sent(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def end(self, run: Run) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._task is not None and not self._task.cancelled():
+            self._task.result()  # a failed publish fails the run
+
+
 def _settings(env: dict[str, str]) -> Settings:
     return Settings.from_env({k: v for k, v in env.items() if k.startswith("RAGSTREAM_")
                               and not k.startswith(("RAGSTREAM_KG_", "RAGSTREAM_GCN_"))})
@@ -617,6 +646,11 @@ class Run:
             # the cache flush waits for the embedding worker itself to be under way
             due = actions and (prog.get("embedding", -1.0) if actions[0][1] == "flush"
                                else p) >= actions[0][0]
+            # a kill is also due 4 s after the last fault while a group has work: progress
+            # stands still while a killed worker reloads its model, then a fast pipeline
+            # jumps to the end, past the fractions of every kill left
+            due = due or (actions and actions[0][1] == "kill" and now - last >= 4.0
+                          and bool(self._behind))
             while due and now - last >= 1.5 and outage_until is None:
                 action = actions.pop(0)
                 _, kind, arg = action
@@ -982,7 +1016,11 @@ async def run_all(docs: int, seed: int, root: Path, *, invalid: int = 1000,
         run = Run(name, root, seed, log=log)
         if name == "chaos":
             msgs = clean_msgs
-            result = await run.execute(msgs, plan, timeout_s)
+            # a fifth at once, the rest in 10 waves 5 s apart: past the outage, so kills and
+            # the SIGSTOP still find work after it
+            first = len(msgs) // 5
+            result = await run.execute(msgs[:first], plan, timeout_s,
+                                       Trickle(msgs[first:], waves=10, every_s=5.0))
         elif name == "hostile":
             msgs = hostile_messages(h, invalid, seed, run.result)
             result = await run.execute(msgs, None, timeout_s)
