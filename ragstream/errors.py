@@ -5,6 +5,8 @@ these, never their client library's own, so the runtime imports no client librar
   rewinds the batch, pauses its partitions and retries later. Never a dead letter.
 - ``CommitLost``: the group moved on before a commit; the new owner replays, idempotently.
 - ``PermanentError``: this input can never be processed as it is; dead-letter it at once.
+- ``MessageTooLarge``: the broker refused a message as too large; sending it again cannot help.
+  The runtime dead-letters the event whose result it was.
 - ``WiringError``: a programming error (a write to a sink the worker does not have, say). It
   crashes the worker with its message; it never dead-letters the input that happened to meet it.
 """
@@ -36,6 +38,11 @@ class PermanentError(Exception):
     """This input can never be processed as it is: dead-letter it without retrying."""
 
     reason = "permanent"
+
+
+class MessageTooLarge(Exception):
+    """The broker, or the producer's request limit that mirrors it, refused a message for its
+    size: a retry sends the same bytes and is refused again."""
 
 
 class WiringError(Exception):

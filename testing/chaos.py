@@ -8,10 +8,11 @@ the index, ledgers and cache), publishes a seeded source history, starts the pip
 real subprocesses (embedding, reindex, entity_linking, gcn_refresh), waits until every consumer
 group has committed the end of every topic it reads, and records the end state of each store:
 
-- ``index``: every chunk in the durable index (document, version, position, text hash, model,
-  sha256 of the vector bytes) and each document's applied version;
-- ``replica``: the dense (usearch) keys and BM25 (tantivy) chunk ids a reader rebuilds from the
-  change log, which must hold each chunk exactly once;
+- ``index``: every chunk of the vector store, read through its interface (``ChunkStore.scan``:
+  document, the document's applied version, position, text hash, model, sha256 of the vector
+  bytes, metadata), so the comparison holds for any store backend;
+- ``search``: what search reads: the store's ``digest`` and ``counts``, and any chunk that one
+  ranking returns twice when a sample of chunks is searched for by its own vector and words;
 - ``graph``: documents (version, deleted, entities, co-occurring set), MENTIONS (count, spans),
   entity ids and CO_OCCURS weights, node and edge counts;
 - ``dirty``: the GCN refresh's dirty-entity set.
@@ -21,7 +22,13 @@ Each store is hashed (sha256 of its canonical JSON) and compared with the clean 
 Scenarios: ``clean``; ``chaos`` (seeded SIGKILLs of random workers at random points of progress,
 the graph store stopped for ``outage_s``, the embedding cache flushed, one worker SIGSTOPped past
 its session timeout then SIGCONTed); ``hostile`` (invalid events from hypothesis strategies and a
-fixed corpus of nasties, every event published twice, older versions re-sent after newer ones).
+fixed corpus of nasties, every event published twice, older versions re-sent after newer ones);
+``adversarial`` (valid but hostile input through the gateway and straight to the topics, search
+queries throughout, and crashes at each step of batches holding several versions of one
+document: testing/adversarial.py).
+
+A run that stops making progress is not an error here: it ends with ``converged`` false and the
+partitions left behind in ``stalled_partitions``, and its end state is compared all the same.
 """
 
 from __future__ import annotations
@@ -37,17 +44,25 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import redis
 
 from producers import reuters
 from producers.events import document_deleted, document_upserted
 from ragstream.config import MAX_EVENT_BYTES, Settings
 from ragstream.publisher import encode
+from ragstream.runtime import failpoints
+from ragstream.runtime.worker_runtime import COMMIT_LOST_MESSAGE
 from ragstream.stores.keys import GraphKeys, Keys
+from ragstream.vectorstores import open_store
+from ragstream.vectorstores.base import ChunkStore, ChunkUpsert, canonical_metadata
 from ragstream.stack import FalkorDB, ManagedProcess, Tansu, worker_process
-from schemas.envelope import Envelope
+from ragstream.transport.base import TopicPartition
+from schemas.envelope import DERIVED_SUFFIX_CHARS, MAX_ID_CHARS, Envelope
+from schemas.payloads import MAX_VERSION
+from testing import adversarial
 
 PIPELINE = ("embedding", "reindex", "entity_linking", "gcn_refresh")
 DOCUMENT_GROUPS = ("embedding", "entity_linking")  # both dead-letter every invalid document event
@@ -68,9 +83,17 @@ class History:
         return sum(1 for _, deleted in self.final.values() if not deleted)
 
 
+# valid at the contract's edges: the longest document id (its chunk ids still fit) and the
+# highest version (exact in every store); the adversarial run sends them through the gateway
+LONGEST_DOC_ID = "edge-longest-id-" + "x" * (MAX_ID_CHARS - DERIVED_SUFFIX_CHARS - 16)
+HIGHEST_VERSION_DOC_ID = "edge-highest-version"
+EDGE_DOCS = (LONGEST_DOC_ID, HIGHEST_VERSION_DOC_ID)
+
+
 def history(docs: int, seed: int, data: Path | None = None) -> History:
     """``docs`` Reuters articles at version 1; a seeded 15% rewritten at version 2 (another
-    article's text under the old title), and a seeded 8% deleted (at the next version)."""
+    article's text under the old title), and a seeded 8% deleted (at the next version). Two
+    more at the contract's edges: the longest document id, and the highest version."""
     rng = random.Random(seed)
     articles = list(reuters.load(data, limit=docs + docs // 5 + 10))
     base, spare = articles[:docs], articles[docs:]
@@ -84,6 +107,11 @@ def history(docs: int, seed: int, data: Path | None = None) -> History:
         version = final[d.doc_id][0] + 1
         events.append(document_deleted(d.doc_id, version=version))
         final[d.doc_id] = (version, True)
+    for doc_id, version, article in ((LONGEST_DOC_ID, 1, spare[0]),
+                                     (HIGHEST_VERSION_DOC_ID, MAX_VERSION, spare[1])):
+        events.append(document_upserted(doc_id, article.text, version=version,
+                                        title=article.title))
+        final[doc_id] = (version, False)
     return History(events, final)
 
 
@@ -220,20 +248,82 @@ class RunResult:
     invalid: int = 0
     duplicates: int = 0
     reordered: int = 0
-    kills: int = 0
+    kills: int = 0  # of a live worker whose group still had input to commit
     kill_log: list[str] = field(default_factory=list)
     outages: int = 0
     cache_flushes: int = 0
     flushed_vectors: int = 0
     stops: int = 0
+    crashes_injected: int = 0  # failpoints that fired (ragstream/runtime/failpoints.py)
+    crash_log: list[str] = field(default_factory=list)
+    failpoints_armed: int = 0
     unexpected_restarts: int = 0
+    oom_killed: int = 0  # SIGKILLed by no one the harness knows: the kernel's OOM killer
+    evicted: int = 0  # commits refused because the group had moved on (a missed session)
+    converged: bool = False
+    stalled_partitions: list[str] = field(default_factory=list)
     dlq_expected: int = 0
     dlq_actual: int = 0
     dlq_records: int = 0
     dlq_without_reason: int = 0
+    dead_letters: list[DeadLetterSeen] = field(default_factory=list)
     seconds: float = 0.0
     state: dict[str, Any] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeadLetterSeen:
+    """One distinct dead letter: who refused what, why, and the id of the event if it parses."""
+
+    worker: str
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    event_id: str | None
+
+
+class Phase(Protocol):
+    """Traffic a run sends while its workers run (the adversarial phase, testing/adversarial.py)."""
+
+    async def begin(self, run: Run) -> None:
+        """Start, once the workers are started."""
+
+    def sent(self) -> bool:
+        """Whether everything it meant to publish is published (before that, no convergence)."""
+
+    async def end(self, run: Run) -> None:
+        """Stop, once the run converged or stalled, before its end state is read."""
+
+
+class Trickle:
+    """A ``Phase`` that publishes the rest of a history in waves while the workers run, so the
+    chaos run's faults land while events still arrive: published all at once, 60 documents
+    were done before half the planned kills could find a worker with work to lose."""
+
+    def __init__(self, messages: list[tuple[str, bytes | None, bytes]], waves: int,
+                 every_s: float):
+        self.messages, self.waves, self.every_s = messages, waves, every_s
+        self._task: asyncio.Task | None = None
+
+    async def begin(self, run: Run) -> None:
+        self._task = asyncio.create_task(self._publish(run))
+
+    async def _publish(self, run: Run) -> None:
+        size = -(-len(self.messages) // self.waves)
+        for start in range(0, len(self.messages), size):
+            await asyncio.sleep(self.every_s)
+            await run.send(self.messages[start:start + size])
+
+    def sent(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def end(self, run: Run) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._task is not None and not self._task.cancelled():
+            self._task.result()  # a failed publish fails the run
 
 
 def _settings(env: dict[str, str]) -> Settings:
@@ -254,8 +344,13 @@ class Run:
         self.session_timeout_ms = session_timeout_ms
         self.result = RunResult(name)
         self.workers: dict[str, ManagedProcess] = {}
+        self._starts: dict[str, int] = {}
+        self._started_at: dict[str, float] = {}
         self._expected_exit: set[str] = set()
         self._stopped: str | None = None
+        self._behind: set[str] = set()  # the groups with input left to commit, at last look
+        # worker -> step -> keys: the failpoints each worker is (re)started with
+        self.failpoints: dict[str, dict[str, list[str]]] = {}
 
     # services ----------------------------------------------------------------------------------
 
@@ -330,10 +425,14 @@ class Run:
             self._start(name)
 
     def _start(self, name: str) -> None:
-        n = sum(1 for k in self.result.kill_log if k.startswith(name))
-        proc = worker_process(name, self.env, self.dir, log_name=f"{name}-{n}")
+        n = self._starts[name] = self._starts.get(name, -1) + 1
+        env = self.env
+        if self.failpoints.get(name):
+            env = {**env, "RAGSTREAM_FAILPOINTS": failpoints.render(self.failpoints[name])}
+        proc = worker_process(name, env, self.dir, log_name=f"{name}-{n}")
         proc.start()
         self.workers[name] = proc
+        self._started_at[name] = time.monotonic()
 
     def supervise(self) -> None:
         """Restart dead workers; a death the harness did not cause is counted."""
@@ -341,6 +440,10 @@ class Run:
             if not proc.alive():
                 if name in self._expected_exit:
                     self._expected_exit.discard(name)
+                elif step := self._failpoint_hit(name, proc):
+                    self.result.crashes_injected += 1
+                    self.result.crash_log.append(f"{name}@{step}")
+                    self.log(f"[{self.name}] {name} crashed at its failpoint {step!r}")
                 else:
                     if now_dead_since := getattr(proc, "_dead_since", None):
                         if time.monotonic() - now_dead_since < 1.0:
@@ -349,39 +452,83 @@ class Run:
                         proc._dead_since = time.monotonic()
                         continue
                     self.result.unexpected_restarts += 1
+                    if proc.process.returncode == -signal.SIGKILL:
+                        self.result.oom_killed += 1
                     self.log(f"[{self.name}] {name} died by itself ({proc.process.returncode}):\n"
                              f"{proc.tail(30)}")
                 self._start(name)
 
-    def kill(self, name: str) -> None:
+    def _failpoint_hit(self, name: str, proc: ManagedProcess) -> str | None:
+        """The step whose failpoint killed ``proc``, now disarmed, or None."""
+        if not self.failpoints.get(name) or proc.process.returncode != -signal.SIGKILL:
+            return None
+        for line in reversed(proc.log_path.read_text(errors="replace").splitlines()):
+            if failpoints.HIT_MESSAGE in line:
+                step = json.loads(line)["failpoint"]
+                self.failpoints[name].pop(step, None)
+                return step
+        return None
+
+    def kill(self, name: str) -> str | None:
+        """SIGKILL ``name``, or another worker if its group has nothing left to commit or it
+        was restarted moments ago while another busy one has run longer: a kill counts only
+        where it can interrupt work (a dead or idle worker's kill proves nothing, and a worker
+        still loading its model has no batch in hand). Returns the worker killed, or None if
+        every group is done."""
+        busy = [n for n in PIPELINE if n in self._behind and n != self._stopped
+                and self.workers[n].alive()]
+        if not busy:
+            return None
+        settled = [n for n in busy if time.monotonic() - self._started_at[n] >= 3.0]
+        if name not in busy or (name not in settled and settled):
+            name = self.rng.choice(settled or busy)
         proc = self.workers[name]
-        if proc.alive():
-            self._expected_exit.add(name)
-            proc.signal(signal.SIGKILL)
-            proc.process.wait()
+        self._expected_exit.add(name)
+        proc.signal(signal.SIGKILL)
+        proc.process.wait()
         self.result.kills += 1
         self.result.kill_log.append(f"{name}@{time.monotonic() - self._t0:.1f}s")
         self._start(name)
         self._expected_exit.discard(name)
+        return name
 
     # progress and convergence -------------------------------------------------------------------
 
     async def group_lag(self) -> dict[str, tuple[int, int]]:
         """(committed, end) of every pipeline group, summed over the topics it reads."""
-        from ragstream.transport import open_reader
+        out: dict[str, tuple[int, int]] = {}
+        for (name, _), (committed, end) in (await self._offsets()).items():
+            c, e = out.get(name, (0, 0))
+            out[name] = (c + min(committed, end), e + end)
+        return out
+
+    async def _offsets(self) -> dict[tuple[str, TopicPartition], tuple[int, int]]:
+        """(committed, end) of each pipeline group on each partition it reads."""
         from ragstream.transport.kafka import committed_offsets
         from workers import load
 
+        ends = await self._ends(sorted({t for name in PIPELINE for t in load(name).consumes}))
         out = {}
-        async with open_reader(self.settings, sorted({t for name in PIPELINE
-                                                      for t in load(name).consumes})) as reader:
-            ends = await reader.end_offsets()
         for name in PIPELINE:
             tps = [tp for tp in ends if tp.topic in load(name).consumes]
             offsets = await committed_offsets(self.settings, self.settings.group_id(name), tps)
-            out[name] = (sum(min(offsets[tp], ends[tp]) for tp in tps),
-                         sum(ends[tp] for tp in tps))
+            out.update({(name, tp): (offsets[tp], ends[tp]) for tp in tps})
         return out
+
+    async def _ends(self, topics: list[str]) -> dict[TopicPartition, int]:
+        """Each partition's end. Tansu answers a list-offsets request with its last batch's
+        first offset + 1 (see KafkaReader.caught_up), so this reads on from there to the real
+        end. On the reported end, a group whose just-killed worker had not yet processed the
+        rest of a batch looked caught up, the run "converged", and its end state lacked that
+        batch's documents: 2 chaos runs in 9 reported chunks lost that were only late."""
+        from ragstream.transport import open_reader
+
+        async with open_reader(self.settings, topics) as reader:
+            ends = await reader.end_offsets()
+            while records := await reader.getmany(200, 10_000):
+                for r in records:
+                    ends[r.tp] = max(ends[r.tp], r.offset + 1)
+        return ends
 
     async def progress(self) -> dict[str, float]:
         """Each group's committed fraction of its input, and their mean under "all"."""
@@ -389,26 +536,68 @@ class Run:
             lag = await asyncio.wait_for(self.group_lag(), 20)
         except Exception:  # the broker is busy; try again on the next tick
             return {"all": -1.0}
+        self._behind = {name for name, (c, e) in lag.items() if c < e}
         # a group with no input yet has made no progress (not all of it), or early faults
         # would bunch up before anything flows
         out = {name: (c / e if e else 0.0) for name, (c, e) in lag.items()}
         out["all"] = sum(out.values()) / len(out)
         out["caught_up"] = float(all(c >= e for c, e in lag.values()))
+        out["committed"] = float(sum(c for c, _ in lag.values()))
+        return out
+
+    # the run -----------------------------------------------------------------------------------
+
+    async def partition_lag(self) -> dict[str, int]:
+        """Records each pipeline group has not committed, per "group topic[partition]"."""
+        return {f"{name} {tp.topic}[{tp.partition}]": end - committed
+                for (name, tp), (committed, end) in (await self._offsets()).items()}
+
+    # the run -----------------------------------------------------------------------------------
+
+    async def partition_lag(self) -> dict[str, int]:
+        """Records each pipeline group has not committed, per "group topic[partition]"."""
+        from ragstream.transport import open_reader
+        from ragstream.transport.kafka import committed_offsets
+        from workers import load
+
+        topics = sorted({t for name in PIPELINE for t in load(name).consumes})
+        async with open_reader(self.settings, topics) as reader:
+            ends = await reader.end_offsets()
+        out = {}
+        for name in PIPELINE:
+            tps = [tp for tp in ends if tp.topic in load(name).consumes]
+            offsets = await committed_offsets(self.settings, self.settings.group_id(name), tps)
+            out.update({f"{name} {tp.topic}[{tp.partition}]": ends[tp] - offsets[tp]
+                        for tp in tps})
         return out
 
     # the run -----------------------------------------------------------------------------------
 
     async def execute(self, messages: list[tuple[str, bytes | None, bytes]],
-                      plan: ChaosPlan | None, timeout_s: float) -> RunResult:
+                      plan: ChaosPlan | None, timeout_s: float, phase: Phase | None = None,
+                      stall_s: float = 240) -> RunResult:
+        """Publish ``messages``, run the pipeline (and ``phase``) until every group has
+        committed everything, or none has moved for ``stall_s``, or ``timeout_s``; then read the
+        end state."""
         self._t0 = time.monotonic()
         self.start_services()
         try:
             await self.create_topics()
             await self.send(messages)
             self.log(f"[{self.name}] published {len(messages)} messages")
+            self.result.failpoints_armed = sum(map(len, self.failpoints.values()))
             self.start_workers()
-            await self._drive(plan, timeout_s)
+            if phase is not None:
+                await phase.begin(self)
+            try:
+                self.result.converged = await self._drive(plan, timeout_s, stall_s, phase)
+            finally:
+                if phase is not None:
+                    await phase.end(self)
             self.result.seconds = time.monotonic() - self._t0
+            lag = await self.partition_lag()
+            self.result.stalled_partitions = sorted(p for p, n in lag.items() if n > 0)
+            self.result.evicted = self._evictions()
             self.result.state = await asyncio.to_thread(capture_state, self)
             self.result.hashes = {k: digest(v) for k, v in self.result.state.items()
                                   if k in STORES}
@@ -417,18 +606,28 @@ class Run:
             self.stop_services()
         return self.result
 
-    async def _drive(self, plan: ChaosPlan | None, timeout_s: float) -> None:
+    def _evictions(self) -> int:
+        """Commits a worker lost because its group had moved on: the worker missed its session
+        or poll deadline while it held a batch (the SIGSTOP of the chaos run causes one)."""
+        logs = (self.dir / "logs").glob("*.log")
+        return sum(p.read_text(errors="replace").count(COMMIT_LOST_MESSAGE) for p in logs)
+
+    async def _drive(self, plan: ChaosPlan | None, timeout_s: float, stall_s: float,
+                     phase: Phase | None) -> bool:
+        """Faults by plan, restarts by need, until converged (True) or stuck (False)."""
         actions = self._schedule(plan) if plan else []
         deadline = time.monotonic() + timeout_s
         done_at: float | None = None
         outage_until: float | None = None
         resume_at: float | None = None
         last = 0.0
+        committed, moved_at = -1, time.monotonic()
         while True:
             now = time.monotonic()
-            if now > deadline:
-                raise TimeoutError(f"{self.name}: no convergence within {timeout_s}s; "
-                                   f"progress {await self.progress()}, pending {actions}")
+            if now > deadline or now - moved_at > stall_s:
+                self.log(f"[{self.name}] NOT CONVERGED: no progress for {now - moved_at:.0f}s; "
+                         f"progress {await self.progress()}, pending {actions}")
+                return False
             if outage_until is not None and now >= outage_until:
                 self.falkordb = FalkorDB(self.dir, port=self.falkordb.port)
                 self.falkordb.start(timeout=900)
@@ -442,17 +641,28 @@ class Run:
                 self.supervise()
             prog = await self.progress() if outage_until is None else {"all": -1.0}
             p = prog["all"]
+            if prog.get("committed", -1) != committed or outage_until or resume_at:
+                committed, moved_at = prog.get("committed", -1), now
             # the cache flush waits for the embedding worker itself to be under way
             due = actions and (prog.get("embedding", -1.0) if actions[0][1] == "flush"
                                else p) >= actions[0][0]
+            # a kill is also due 4 s after the last fault while a group has work: progress
+            # stands still while a killed worker reloads its model, then a fast pipeline
+            # jumps to the end, past the fractions of every kill left
+            due = due or (actions and actions[0][1] == "kill" and now - last >= 4.0
+                          and bool(self._behind))
             while due and now - last >= 1.5 and outage_until is None:
-                _, kind, arg = actions.pop(0)
+                action = actions.pop(0)
+                _, kind, arg = action
                 last = now
                 if kind == "kill":
-                    if arg == self._stopped:
-                        arg = next(n for n in PIPELINE if n != self._stopped)
-                    self.kill(arg)
-                    self.log(f"[{self.name}] SIGKILL {arg} at progress {p:.2f}")
+                    killed = self.kill(arg)
+                    if killed:
+                        self.log(f"[{self.name}] SIGKILL {killed} at progress {p:.2f}")
+                    elif self._behind:  # only the SIGSTOPped worker has work: after SIGCONT
+                        actions.insert(0, action)
+                    else:
+                        self.log(f"[{self.name}] no kill at progress {p:.2f}: all groups done")
                 elif kind == "outage":
                     self.falkordb.stop()
                     outage_until = now + plan.outage_s
@@ -471,12 +681,12 @@ class Run:
                     self.log(f"[{self.name}] SIGSTOP {arg} for {resume_at - now:.0f}s")
                 break
             settled = (not actions and outage_until is None and resume_at is None
-                       and prog.get("caught_up") == 1.0)
+                       and prog.get("caught_up") == 1.0 and (phase is None or phase.sent()))
             if settled:
                 if done_at is None:
                     done_at = now
                 elif now - done_at >= 3.0:  # still caught up a few seconds later: converged
-                    return
+                    return True
             else:
                 done_at = None
             await asyncio.sleep(0.5)
@@ -484,7 +694,8 @@ class Run:
     def _schedule(self, plan: ChaosPlan) -> list[tuple[float, str, str]]:
         """Seeded: at which fraction of committed progress each fault strikes."""
         rng = self.rng
-        actions = [(rng.uniform(0.02, 0.9), "kill", rng.choice(PIPELINE))
+        # kills end at 80%: later ones met every group done (progress jumps at the end)
+        actions = [(rng.uniform(0.02, 0.8), "kill", rng.choice(PIPELINE))
                    for _ in range(plan.kills)]
         if plan.outage_s:
             actions.append((rng.uniform(0.25, 0.45), "outage", ""))
@@ -501,7 +712,8 @@ class Run:
         from ragstream.transport import open_reader
         from schemas.catalogue import TOPICS
 
-        seen, records, unreasoned = set(), 0, 0
+        seen: dict[tuple, DeadLetterSeen] = {}
+        records, unreasoned = 0, 0
         async with open_reader(self._big_messages(), [s.dlq for s in TOPICS.values()],
                                from_beginning=True) as reader:
             ends = await reader.end_offsets()
@@ -509,14 +721,28 @@ class Run:
             while time.monotonic() < idle_until and not await reader.caught_up(ends):
                 for m in await reader.getmany(500, 500):
                     idle_until = time.monotonic() + 3
-                    h = dict(m.headers)
+                    h = {k: v.decode(errors="replace") for k, v in m.headers}
                     records += 1
                     if not h.get("x-error-reason") or not h.get("x-error-message"):
                         unreasoned += 1
-                    seen.add((h.get("x-worker"), h.get("x-original-topic"),
-                              h.get("x-original-partition"), h.get("x-original-offset")))
+                    where = (h.get("x-worker"), h.get("x-original-topic"),
+                             h.get("x-original-partition"), h.get("x-original-offset"))
+                    seen.setdefault(where, DeadLetterSeen(
+                        h.get("x-worker", ""), h.get("x-error-reason", ""), where[1] or "",
+                        int(where[2] or -1), int(where[3] or -1), _event_id(m.value)))
         self.result.dlq_actual, self.result.dlq_records = len(seen), records
         self.result.dlq_without_reason = unreasoned
+        self.result.dead_letters = list(seen.values())
+
+
+def _event_id(value: bytes) -> str | None:
+    """The ``id`` of a dead letter's event, where its bytes are a JSON object."""
+    try:
+        event = json.loads(value)
+    except (ValueError, RecursionError):  # the hostile run's nasties
+        return None
+    return event.get("id") if isinstance(event, dict) and isinstance(event.get("id"), str) \
+        else None
 
 
 def flush_embedding_cache(port: int, prefix: str) -> int:
@@ -542,63 +768,70 @@ def flush_embedding_cache(port: int, prefix: str) -> int:
 # The stores of record, compared hash by hash. The GCN dirty set is a work queue, not a store of
 # record: which intermediate versions a run applied (and so which entities it marked) depends on
 # how batches fell, in a clean run too. It must hold every entity of the final graph.
-STORES = ("index", "replica", "graph")
+STORES = ("index", "search", "graph")
 
 
 def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def index_store(settings: Settings) -> ChunkStore:
+    """The vector store whose end state a run compares: the one search reads. The one place a
+    run opens it."""
+    return open_store(settings)
+
+
 def capture_state(run: Run) -> dict[str, Any]:
-    prefix = run.settings.group_prefix
+    store = index_store(run.settings)
+    try:
+        stored = scan_all(store)
+        search = search_state(store, stored)
+    finally:
+        store.close()
     client = redis.Redis(port=run.falkordb.port, socket_timeout=30)
     try:
-        chunk_keys = sorted(client.scan_iter(match=f"{prefix}:index:chunk:*", count=1000))
-        start = len(f"{prefix}:index:chunk:")
-        pipe = client.pipeline(transaction=False)
-        for k in chunk_keys:
-            pipe.hmget(k, "doc_id", "doc_version", "position", "text_hash", "model_id", "vector")
-        chunks = {}
-        for k, (doc, ver, pos, th, model, vec) in zip(chunk_keys, pipe.execute(), strict=True):
-            chunks[k.decode()[start:]] = [doc.decode(), int(ver), int(pos), th.decode(),
-                                          model.decode(), hashlib.sha256(vec).hexdigest()]
-        doc_keys = sorted(client.scan_iter(match=f"{prefix}:index:doc:*", count=1000))
-        start = len(f"{prefix}:index:doc:")
-        pipe = client.pipeline(transaction=False)
-        for k in doc_keys:
-            pipe.hget(k, "version")
-        doc_versions = {k.decode()[start:]: int(v) for k, v in zip(doc_keys, pipe.execute(),
-                                                                    strict=True)}
         dirty = sorted(m.decode() for m in client.smembers(GraphKeys(run.graph_name).gcn_dirty))
     finally:
         client.close()
-    return {"index": {"chunks": chunks, "doc_versions": doc_versions},
-            "replica": replica_state(run.settings), "graph": graph_state(run), "dirty": dirty}
+    # ``texts`` is not hashed (the index holds each text's hash): the adversarial phase looks
+    # in it for the words its hostile events carried
+    return {"index": index_state(stored), "search": search, "graph": graph_state(run),
+            "dirty": dirty, "texts": {c.chunk_id: c.text for c in stored}}
 
 
-def replica_state(settings: Settings) -> dict[str, Any]:
-    """What a reader rebuilds from the change log: dense keys and BM25 ids, duplicates counted."""
-    import tantivy
+def scan_all(store: ChunkStore) -> list[ChunkUpsert]:
+    out, after = [], None
+    while page := store.scan(after, 1_000):
+        out += page
+        after = page[-1].chunk_id
+    return out
 
-    from ragstream.index.replica import IndexReplica
-    from ragstream.index.segments import chunk_key
 
-    replica = IndexReplica(settings)
-    try:
-        state = replica.refresh()
-        sparse = state.sparse._index
-        searcher = sparse.searcher()
-        hits = searcher.search(tantivy.Query.all_query(), max(searcher.num_docs, 1)).hits
-        bm25 = [searcher.doc(address)["chunk_id"][0] for _, address in hits]
-        dense = state.dense._index
-        dense_keys = sorted(int(k) for k in dense.keys) if dense is not None else []
-        ids = sorted(state.chunks)
-        return {"chunk_ids": ids, "bm25_ids": sorted(set(bm25)),
-                "bm25_duplicates": len(bm25) - len(set(bm25)),
-                "dense_keys_match": dense_keys == sorted(chunk_key(c) for c in ids),
-                "dense_duplicates": len(dense_keys) - len(set(dense_keys))}
-    finally:
-        replica.close()
+def index_state(stored: list[ChunkUpsert]) -> dict[str, Any]:
+    """Every chunk through the store interface (document, the document's applied version,
+    position, text hash, model, sha256 of the vector bytes, metadata), and each indexed
+    document's version."""
+    chunks = {c.chunk_id: [c.doc_id, c.doc_version, c.position, c.text_hash, c.model_id,
+                           hashlib.sha256(_vector(c).tobytes()).hexdigest(),
+                           canonical_metadata(c.metadata)] for c in stored}
+    return {"chunks": chunks, "doc_versions": {d: v for d, v, *_ in chunks.values()}}
+
+
+def search_state(store: ChunkStore, stored: list[ChunkUpsert], probes: int = 20
+                 ) -> dict[str, Any]:
+    """What search reads: the store's digest and counts, and the chunks found twice in one
+    ranking when a sample of stored chunks is searched for by its own vector and words."""
+    duplicates = 0
+    for c in stored[::max(1, len(stored) // probes)][:probes]:
+        found = store.candidates(_vector(c), c.text[:200], 20)
+        duplicates += sum(len(r) - len(set(r)) for r in (found.dense, found.sparse))
+    counts = store.counts()
+    return {"digest": store.digest(), "counts": [counts.documents, counts.chunks],
+            "duplicates": duplicates}
+
+
+def _vector(chunk: ChunkUpsert) -> np.ndarray:
+    return np.asarray(chunk.vector, dtype=np.float32)
 
 
 def graph_state(run: Run) -> dict[str, Any]:
@@ -657,13 +890,15 @@ def compare(clean: RunResult, other: RunResult, final: dict[str, tuple[int, bool
     ma = {(d, e) for d, e, *_ in a["graph"]["mentions"]}
     mb = {(d, e) for d, e, *_ in b["graph"]["mentions"]}
     graph_docs = {x[0]: x[1:3] for x in b["graph"]["documents"]}
+    # the index holds the chunks of live documents only, each at its document's version
     wrong = [d for d, (v, deleted) in final.items()
-             if b["index"]["doc_versions"].get(d) != v or graph_docs.get(d) != [v, deleted]]
-    rb = b["replica"]
+             if b["index"]["doc_versions"].get(d) != (None if deleted else v)
+             or graph_docs.get(d) != [v, deleted]]
+    documents, chunks = b["search"]["counts"]
     duplicated = (len(extra_chunks) + len(mb - ma) + b["graph"]["duplicate_edges"]
-                  + b["graph"]["duplicate_nodes"] + rb["bm25_duplicates"]
-                  + rb["dense_duplicates"])
-    lost = len(lost_chunks) + len(ma - mb) + len(set(rb["chunk_ids"]) ^ set(rb["bm25_ids"]))
+                  + b["graph"]["duplicate_nodes"] + b["search"]["duplicates"]
+                  + max(chunks - len(cb), 0))
+    lost = len(lost_chunks) + len(ma - mb) + max(len(cb) - chunks, 0)
     for store in STORES:
         if not equal[store]:
             details.append(f"{store}: hash {other.hashes.get(store, '')[:12]} != clean "
@@ -677,8 +912,9 @@ def compare(clean: RunResult, other: RunResult, final: dict[str, tuple[int, bool
             sb = {json.dumps(x) for x in b["graph"][part]}
             details.append(f"graph {part}: missing {sorted(sa - sb)[:3]}, extra "
                            f"{sorted(sb - sa)[:3]}")
-    if not rb["dense_keys_match"]:
-        details.append("replica: dense keys differ from the chunk ids")
+    if [documents, chunks] != [len(b["index"]["doc_versions"]), len(cb)]:
+        details.append(f"search counts {documents} documents and {chunks} chunks; the scan "
+                       f"{len(b['index']['doc_versions'])} and {len(cb)}")
     # every entity in the graph was touched by some change and no refresh ran: all are dirty
     missing_dirty = set(b["graph"]["entities"]) - set(b["dirty"])
     lost += len(missing_dirty)
@@ -722,38 +958,53 @@ class Report:
     seed: int
     runs: list[RunResult]
     comparisons: dict[str, Comparison]
+    adversarial: adversarial.Verdict | None = None
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
         for r in self.runs:
             c = self.comparisons.get(r.name)
             out.append({"run": r.name, "events": r.events, "kills": r.kills,
+                        "crashes": r.crashes_injected,
                         "outages": r.outages + r.cache_flushes + r.stops,
                         "invalid": r.invalid, "dlq": r.dlq_actual,
                         "dlq_expected": r.dlq_expected,
                         "lost": c.lost if c else 0, "duplicated": c.duplicated if c else 0,
                         "state_equal": c.state_equal if c else True,
+                        "stalled": len(r.stalled_partitions),
+                        "oom_evicted": r.oom_killed + r.evicted,
                         "restarts_by_input": r.unexpected_restarts, "seconds": round(r.seconds)})
         return out
 
     def summary(self) -> dict[str, Any]:
         cs = list(self.comparisons.values())
-        return {"lost": sum(c.lost for c in cs), "duplicated": sum(c.duplicated for c in cs),
-                "dlq_expected": sum(r.dlq_expected for r in self.runs),
-                "dlq_actual": sum(r.dlq_actual for r in self.runs),
-                "state_equal": all(c.state_equal for c in cs),
-                "kills": sum(r.kills for r in self.runs),
-                "unexpected_restarts": sum(r.unexpected_restarts for r in self.runs),
-                "dlq_without_reason": sum(r.dlq_without_reason for r in self.runs)}
+        # the chaos run evicts a worker on purpose (SIGSTOP past its session timeout)
+        evicted = sum(r.evicted for r in self.runs if r.name != "chaos")
+        out = {"lost": sum(c.lost for c in cs), "duplicated": sum(c.duplicated for c in cs),
+               "state_equal": all(c.state_equal for c in cs),
+               "dlq_expected": sum(r.dlq_expected for r in self.runs),
+               "dlq_actual": sum(r.dlq_actual for r in self.runs),
+               "dlq_without_reason": sum(r.dlq_without_reason for r in self.runs),
+               "kills": sum(r.kills for r in self.runs),
+               "crashes_injected": sum(r.crashes_injected for r in self.runs),
+               "failpoints_armed": sum(r.failpoints_armed for r in self.runs),
+               "unexpected_restarts": sum(r.unexpected_restarts for r in self.runs),
+               "converged": all(r.converged for r in self.runs),
+               "stalled_partitions": sum(len(r.stalled_partitions) for r in self.runs),
+               "worker_oom_or_evicted": sum(r.oom_killed for r in self.runs) + evicted}
+        if self.adversarial is not None:
+            out |= self.adversarial.summary()
+        return out
 
 
 async def run_all(docs: int, seed: int, root: Path, *, invalid: int = 1000,
-                  plan: ChaosPlan | None = None, scenarios: tuple[str, ...] = ("chaos", "hostile"),
+                  plan: ChaosPlan | None = None,
+                  scenarios: tuple[str, ...] = ("chaos", "hostile", "adversarial"),
                   timeout_s: float = 3600, log=print) -> Report:
     """The clean run, then each scenario on the same history; compare store by store."""
     h = history(docs, seed)
     plan = plan or ChaosPlan()
-    runs, comparisons = [], {}
+    runs, comparisons, verdict = [], {}, None
     clean_run = Run("clean", root, seed, log=log)
     clean_msgs = clean_messages(h)
     clean_run.result.events = len(clean_msgs)
@@ -765,22 +1016,35 @@ async def run_all(docs: int, seed: int, root: Path, *, invalid: int = 1000,
         run = Run(name, root, seed, log=log)
         if name == "chaos":
             msgs = clean_msgs
-            result = await run.execute(msgs, plan, timeout_s)
+            # a fifth at once, the rest in 10 waves 5 s apart: past the outage, so kills and
+            # the SIGSTOP still find work after it
+            first = len(msgs) // 5
+            result = await run.execute(msgs[:first], plan, timeout_s,
+                                       Trickle(msgs[first:], waves=10, every_s=5.0))
         elif name == "hostile":
             msgs = hostile_messages(h, invalid, seed, run.result)
             result = await run.execute(msgs, None, timeout_s)
+        elif name == "adversarial":
+            phase = adversarial.AdversarialPhase(h.events, h.final, EDGE_DOCS, seed, log)
+            msgs = phase.messages()
+            run.failpoints = phase.arm()
+            run.result.invalid = len(phase.hostile)
+            run.result.dlq_expected = phase.expected_dead_letters
+            result = await run.execute(msgs, None, timeout_s, phase)
+            verdict = phase.judge(result.state, clean.state, result.dead_letters)
         else:
             raise ValueError(f"unknown scenario {name!r}")
         result.events = len(msgs)
         runs.append(result)
         comparisons[name] = compare(clean, result, h.final)
         log(f"[{name}] equal={comparisons[name].equal} {comparisons[name].details}")
-    return Report(docs, seed, runs, comparisons)
+    return Report(docs, seed, runs, comparisons, verdict)
 
 
 def format_table(report: Report) -> str:
-    cols = ["run", "events", "kills", "outages", "invalid", "dlq", "dlq_expected", "lost",
-            "duplicated", "state_equal", "restarts_by_input", "seconds"]
+    cols = ["run", "events", "kills", "crashes", "outages", "invalid", "dlq", "dlq_expected",
+            "lost", "duplicated", "state_equal", "stalled", "oom_evicted", "restarts_by_input",
+            "seconds"]
     rows = report.rows()
     widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]

@@ -89,6 +89,25 @@ async def test_a_reused_version_with_other_text_is_dead_lettered(settings, minil
         await worker.teardown()
 
 
+async def test_a_reused_version_in_its_originals_batch_leaves_the_original_indexed(settings,
+                                                                                   minilm):
+    """Both carry one event id (a document's id and version make it). Keyed by that id, the
+    original was planned with the reused version's chunks, which reached the index under the
+    original's content hash (found by the adversarial chaos phase)."""
+    worker = await _worker(settings, minilm)
+    try:
+        original, reused = _events(("doc", 1, f"{A}\n\n{B1}"), ("doc", 1, f"{A}\n\n{B2}"))
+        assert original.id == reused.id
+        batch = await _run(worker, [original, reused])
+        assert [(r.reason, r.event.payload.text) for r in batch.rejected] == [
+            ("version_reused", f"{A}\n\n{B2}")]
+        upserted = _upserted(batch)
+        assert set(upserted) == {"doc#0", "doc#1"} and B1 in upserted["doc#1"]
+        assert B2 not in "".join(upserted.values())
+    finally:
+        await worker.teardown()
+
+
 async def test_a_document_over_the_chunk_limit_is_refused_before_it_is_windowed(settings,
                                                                                  minilm):
     worker = await _worker(settings, minilm, max_chunks_per_document=20)

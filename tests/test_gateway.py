@@ -55,6 +55,8 @@ def keys():
         ("admin", ["admin"], 1000.0, 1000),
         ("slow", ["publish"], 0.2, 2),
         ("inferrer", ["publish", "infer"], 1000.0, 1000),
+        ("small_infer", ["infer"], 0.01, 4),
+        ("small_infer_2", ["infer"], 0.01, 4),
     ]}
 
 
@@ -75,13 +77,18 @@ async def test_events_are_validated_per_item_and_only_valid_ones_published(serve
             for i in range(2)]
     bad = {"type": "ragstream.document.upserted", "source": "x", "subject": "d9",
            "data": {"doc_id": "d9"}}
-    r = httpx.post(server.url + "/v1/events", json={"events": [good[0], bad, good[1]]},
+    # a valid document whose subject names another: every worker would dead-letter it
+    elsewhere = json.loads(document_upserted("d8", "text", version=1).model_dump_json())
+    elsewhere["subject"] = "d7"
+    r = httpx.post(server.url + "/v1/events", json={"events": [good[0], bad, good[1], elsewhere]},
                    headers={**auth(keys, "publisher"), "X-Request-ID": "req-42"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["accepted"], body["rejected"]) == (2, 1)
-    assert [x["status"] for x in body["results"]] == ["accepted", "rejected", "accepted"]
+    assert (body["accepted"], body["rejected"]) == (2, 2)
+    assert [x["status"] for x in body["results"]] == ["accepted", "rejected", "accepted",
+                                                      "rejected"]
     assert "data.text" in body["results"][1]["error"] or "text" in body["results"][1]["error"]
+    assert body["results"][3]["error"].startswith("subject_mismatch")
     assert r.headers["X-Request-ID"] == "req-42"
     records = await read_topic(settings, "documents.v1", timeout=1)
     published = [json.loads(x.value) for x in records]
@@ -200,6 +207,26 @@ def test_infer_times_out_with_504_when_no_result_comes(server, keys):
                                            "data": ["hello"]}]}
     r = httpx.post(server.url + "/v1/infer", json=body, headers=auth(keys, "admin"), timeout=10)
     assert r.status_code == 504
+
+
+def test_infer_pays_for_the_size_of_its_request(server, keys):
+    """A token per started KiB of the request's event past the first, as on /v1/events; one
+    token used to buy an inference request of any size up to the event limit."""
+    def request(chars: int) -> dict:
+        return {"model": "minilm", "inputs": [{"name": "TEXT", "datatype": "BYTES",
+                                               "shape": [1], "data": ["x" * chars]}]}
+
+    url = server.url + "/v1/infer"
+    # about 3.5 kB of event: 4 KiB started, 4 tokens, the key's whole burst; it passes and
+    # waits for a result (no inference worker here: 504) ...
+    r = httpx.post(url, json=request(3000), headers=auth(keys, "small_infer"), timeout=10)
+    assert r.status_code == 504, r.text
+    # ... and leaves nothing for the next request, however small
+    r = httpx.post(url, json=request(1), headers=auth(keys, "small_infer"), timeout=10)
+    assert r.status_code == 429, r.text
+    # about 6.5 kB costs 7 tokens: more than the burst, so it can never pass
+    r = httpx.post(url, json=request(6000), headers=auth(keys, "small_infer_2"), timeout=10)
+    assert r.status_code == 413 and "costs 7 tokens" in r.text and "burst of 4" in r.text, r.text
 
 
 def _put(server, keys, key: str, doc_id: str, body: bytes, **kwargs) -> httpx.Response:

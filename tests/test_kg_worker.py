@@ -119,3 +119,31 @@ async def test_a_document_with_nul_bytes_is_dead_lettered_and_its_batch_mates_li
     assert headers["x-stage"] == b"decode" and b"text" in headers["x-error-message"]
     rows = await graph.backend.read("MATCH (d:Document {id: 'nul-doc'}) RETURN d.id", {})
     assert rows == []
+
+
+async def test_a_document_the_index_refuses_for_its_chunks_is_refused_alike(
+        settings, topics, graph, recogniser):
+    """The embedding worker dead-letters a document over the chunk limit (too_many_chunks); the
+    graph used to link it anyway (a 200k-word paragraph: 81 s and 3.4 GB of NER, 20,000
+    entities of a document search never had). Here the limit is 2 chunks of 240 word pieces."""
+    settings = settings.model_copy(update={"max_chunks_per_document": 2})
+    long_text = TEXTS["news-3"] + " " + " ".join(["Merkel spoke in Berlin again."] * 150)
+    async with Publisher(settings) as pub:
+        await pub.publish([document_upserted("long", long_text, version=1),
+                           document_upserted("grow", TEXTS["news-1"], version=1),
+                           document_upserted("grow", long_text, version=2),
+                           document_upserted("news-3", TEXTS["news-3"], version=1)])
+    dlq = Tap(settings, "documents.v1.dlq")
+    async with running(EntityLinkingWorker(recogniser=recogniser), settings):
+        await wait_for_versions(graph, {"news-3": (1, False), "grow": (1, False)}, 60)
+        dead: list = []
+
+        async def two() -> bool:
+            dead[:] = await dlq.read(timeout=0.5)
+            return len(dead) >= 2
+        await eventually(two, 30, message="two dead letters")
+    got = sorted((json.loads(r.value)["subject"], json.loads(r.value)["data"]["version"],
+                  dict(r.headers)["x-error-reason"]) for r in dead)
+    assert got == [("grow", 2, b"too_many_chunks"), ("long", 1, b"too_many_chunks")]
+    assert await graph.backend.read("MATCH (d:Document {id: 'long'}) RETURN d.id", {}) == []
+    await assert_consistent(graph)

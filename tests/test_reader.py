@@ -311,7 +311,7 @@ async def test_infer_answers_at_once_while_results_cannot_be_read():
             Tensor(name="text", datatype="BYTES", shape=[1], data=["hello"])])
         async with asyncio.timeout(2):
             with pytest.raises(TransportUnavailable, match="RabbitMQ unreachable"):
-                await gateway.infer(request, "")
+                await gateway.infer(request, gateway.request_message(request, None))
         assert gateway._pending == {}
     finally:
         router.cancel()

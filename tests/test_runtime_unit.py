@@ -319,3 +319,61 @@ def test_observe_many_matches_observe_one_at_a_time():
     def series(registry) -> list[bytes]:
         return [line for line in generate_latest(registry).splitlines() if b"_created" not in line]
     assert series(one) == series(many)
+
+
+@pytest.mark.parametrize(("armed", "dies_at"), [
+    ("decoded", "decoded"),  # any key: the batch holds two records of doc-1
+    ("flushed", "flushed"),
+    ("published=doc-2|doc-1", "published"),
+    ("decoded=doc-2", None),  # doc-2 is in the batch once: no crash
+])
+def test_a_failpoint_kills_the_worker_at_its_step_on_a_batch_with_two_records_of_one_key(
+        armed, dies_at):
+    """The chaos harness's crash at a chosen step: a worker started with RAGSTREAM_FAILPOINTS
+    SIGKILLs itself there: before processing, after its sinks flushed (nothing published), or
+    after publishing (nothing committed)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = """
+import asyncio
+from producers.events import document_upserted
+from ragstream import logs
+from ragstream.config import Settings
+from ragstream.publisher import encode
+from ragstream.runner import running
+from ragstream.runtime import Batch, Worker
+from ragstream.transport.memory import MemoryBroker
+
+class Steps(Worker):
+    name, consumes = "steps", ("documents.v1",)
+
+    async def process(self, batch: Batch) -> None:
+        print("processed", len(batch.events), flush=True)
+
+async def main():
+    logs.configure()  # a worker's JSON lines, which the harness reads
+    broker = MemoryBroker(partitions=1)  # one partition: the three records make one batch
+    for e in (document_upserted("doc-1", "a", version=1),
+              document_upserted("doc-1", "b", version=2),
+              document_upserted("doc-2", "c", version=1)):
+        broker.append(encode(e))
+    async with running(Steps(), Settings(transport="memory", batch_timeout_ms=20),
+                       broker=broker):
+        while sum(broker.committed.values()) < 3:
+            await asyncio.sleep(0.01)
+    print("done", flush=True)
+
+asyncio.run(main())
+"""
+    env = {**os.environ, "RAGSTREAM_FAILPOINTS": armed, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    if dies_at is None:
+        assert done.returncode == 0 and "done" in done.stdout, done.stderr[-2000:]
+        return
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert f'"failpoint": "{dies_at}"' in done.stderr and "done" not in done.stdout
+    assert ("processed 3" in done.stdout) == (dies_at != "decoded")

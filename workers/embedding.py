@@ -183,17 +183,20 @@ class EmbeddingWorker(Worker):
             if ledger is not before[doc_id]:
                 batch.write("ledger", (doc_id, ledger))
 
-    def _split(self, events: list[Event]) -> dict[str, list[Chunk] | TooManyChunks]:
-        out: dict[str, list[Chunk] | TooManyChunks] = {}
+    def _split(self, events: list[Event]) -> dict[int, list[Chunk] | TooManyChunks]:
+        """Each event's chunks, by ``id(event)``: two events of one batch may share an event id
+        (a reused version has its original's), and keyed by it, the original was planned with
+        the reused version's chunks and indexed them (found by the adversarial chaos phase)."""
+        out: dict[int, list[Chunk] | TooManyChunks] = {}
         for event in events:
             doc = event.payload
             try:
-                out[event.id] = self.chunker.split(doc.doc_id, doc.text, doc.title)
+                out[id(event)] = self.chunker.split(doc.doc_id, doc.text, doc.title)
             except TooManyChunks as exc:
-                out[event.id] = exc
+                out[id(event)] = exc
         return out
 
-    def _plan(self, event: Event, split: dict[str, list[Chunk] | TooManyChunks],
+    def _plan(self, event: Event, split: dict[int, list[Chunk] | TooManyChunks],
               ledgers: dict[str, Ledger], unpublished: set[str], embedding: str,
               batch: Batch) -> _Plan | None:
         doc = event.payload
@@ -212,7 +215,7 @@ class EmbeddingWorker(Worker):
         assert isinstance(doc, DocumentUpserted)
         if doc.version == ledger.version and ledger.deleted:
             return None
-        chunks = split[event.id]
+        chunks = split[id(event)]
         if isinstance(chunks, TooManyChunks):
             batch.reject(event, "too_many_chunks", str(chunks))
             return None

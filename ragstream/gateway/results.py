@@ -9,8 +9,9 @@ import logging
 
 from ragstream.config import Settings
 from ragstream.errors import TransportUnavailable
-from ragstream.publisher import Publisher
+from ragstream.publisher import Publisher, encode
 from ragstream.transport import open_reader
+from ragstream.transport.base import OutMessage
 from schemas.catalogue import INFERENCE_REQUESTED, TOPICS, DecodeError, decode
 from schemas.envelope import Envelope
 from schemas.payloads import InferenceCompleted, InferenceRequested
@@ -67,19 +68,26 @@ class ResultRouter:
                             extra={"error": repr(exc)[:300]})
                 await asyncio.sleep(1)
 
-    async def infer(self, request: InferenceRequested, trace: str) -> InferenceCompleted:
+    def request_message(self, request: InferenceRequested, trace: str | None) -> OutMessage:
+        """The request's event as it will be sent, or a DecodeError (``oversized`` past the
+        event limit): what ``/v1/infer`` measures and charges before it sends."""
+        envelope = Envelope(type=INFERENCE_REQUESTED, source="ragstream/gateway",
+                            subject=request.correlation_id, traceparent=trace,
+                            data=request.model_dump(mode="json"))
+        return encode(envelope, None, self.settings.max_event_bytes,
+                      self.settings.cloudevents_mode)
+
+    async def infer(self, request: InferenceRequested, message: OutMessage) -> InferenceCompleted:
+        """Send ``message`` (``request_message(request, ...)``) and wait for its result."""
         if self._failure is not None:  # a 503 now, not a 504 after the timeout
             raise TransportUnavailable(f"inference results: {self._failure!r}")
         future = asyncio.get_running_loop().create_future()
         self._pending[request.correlation_id] = future
-        envelope = Envelope(type=INFERENCE_REQUESTED, source="ragstream/gateway",
-                            subject=request.correlation_id, traceparent=trace,
-                            data=request.model_dump(mode="json"))
         try:
             async with asyncio.timeout(self.settings.gateway.infer_timeout_s):
                 # a result that arrives before the router reads is lost: wait for the router
                 await self._ready.wait()
-                await self.publisher.publish([envelope])
+                await self.publisher.send_raw([message])
                 return await future
         finally:
             self._pending.pop(request.correlation_id, None)

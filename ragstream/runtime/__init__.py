@@ -4,6 +4,7 @@
 - worker_runtime.py: ``WorkerRuntime``, the lifecycle and the path of one batch;
 - isolation.py: retry the whole batch, then bisect to the poison event;
 - partitions.py: pause, seek, resume, commit offsets and lag;
+- failpoints.py: a worker that kills itself at a named step (the chaos harness arms it);
 - retry.py: the one backoff formula.
 """
 

@@ -57,6 +57,7 @@ class Batch:
         self.events = events
         self.writes: dict[str, list[Any]] = defaultdict(list)
         self.emitted: list[tuple[str, Envelope]] = []
+        self.causes: dict[str, Event] = {}  # emitted event id -> the event it results from
         self.rejected: list[Rejection] = []
         self._worker = worker
         self._sinks = sinks or {}
@@ -91,6 +92,7 @@ class Batch:
             data=payload.model_dump(mode="json"),
         )
         self.emitted.append((topic_name, envelope))
+        self.causes[event_id] = cause
         return envelope
 
     def reject(self, event: Event, reason: str, message: str) -> None:

@@ -27,9 +27,10 @@ from ragstream import tracing
 from ragstream.backoff import backoff_s
 from ragstream.config import Settings
 from ragstream.context import WorkerContext
-from ragstream.errors import CommitLost, unavailable_types
+from ragstream.errors import CommitLost, MessageTooLarge, unavailable_types
 from ragstream.logs import worker_var
 from ragstream.metrics import HealthServer, RuntimeMetrics, WorkerSeries
+from ragstream.runtime import failpoints
 from ragstream.runtime.batch import Batch, DeadLetter, Event, Worker, check_sinks
 from ragstream.runtime.isolation import Isolation
 from ragstream.runtime.partitions import Partitions
@@ -40,6 +41,7 @@ from schemas.catalogue import DecodeError, decode, topic
 log = logging.getLogger(__name__)
 
 ConsumerFactory = Callable[..., Consumer]
+COMMIT_LOST_MESSAGE = "commit failed after a rebalance"  # the log line of an evicted worker
 
 
 @dataclass
@@ -192,17 +194,19 @@ class WorkerRuntime:
         # 1. Decode: bytes to typed events. What cannot be read is a dead letter at once.
         dead: list[DeadLetter] = []
         events = self._decode(records, dead)
+        failpoints.reached("decoded", records)
         trace = tracing.BatchTrace(self.worker.name, events) if tracing.ENABLED else None
         try:
             # 2. Process, isolating the events that keep failing (into ``dead``). The sinks are
             #    flushed inside, per successful (sub-)batch.
             done = await self.isolation.run(events, dead) if events else []
+            failpoints.reached("flushed", records)
             # 3. Publish results and dead letters, and wait for the broker's acks.
-            emitted = [(t, env) for b in done for t, env in b.emitted]
             for b in done:
                 dead.extend(DeadLetter(x.event.record, "Rejected", x.reason, x.message,
                                        "process", 1) for x in b.rejected)
-            await self._publish(emitted, dead, trace)
+            emitted = await self._publish(done, dead, trace)
+            failpoints.reached("published", records)
         except unavailable_types() as exc:
             # Backpressure: a store or the broker is down. Replay this batch later; never drop.
             if trace is not None:
@@ -213,6 +217,7 @@ class WorkerRuntime:
 
         # 4. Commit: everything before this point is durable.
         await self._commit(records)
+        failpoints.reached("committed", records)
         if trace is not None:
             trace.end()
 
@@ -234,19 +239,79 @@ class WorkerRuntime:
                                        "decode", 1))
         return events
 
-    async def _publish(self, emitted, dead: list[DeadLetter], trace) -> None:
-        mode = self.settings.cloudevents_mode
-        if mode == "structured":  # the common case, without a call per message
-            messages = [OutMessage(t, env.subject.encode(), env.model_dump_json().encode(),
-                                   env.binding_headers()) for t, env in emitted]
-        else:
-            messages = [OutMessage(t, env.subject.encode(), *cloudevents.encode(env, mode))
-                        for t, env in emitted]
+    async def _publish(self, done: list[Batch], dead: list[DeadLetter], trace) -> list[str]:
+        """Send the results of ``done`` and the dead letters; return the topics of the results
+        sent. A result too large to send dead-letters its cause instead, with the reason
+        ``result_too_large``: sent anyway, it crashed the worker (the producer's
+        MessageSizeTooLarge) on every replay, or every reader dead-lettered it as oversized."""
+        results = self._too_large_dead_lettered(self._encode(done), dead,
+                                                self.settings.max_event_bytes)
+        messages = [m for m, _ in results]
         if trace is not None:
             messages = trace.publish(messages)
-        messages += [d.to_message(self.worker.name, self._dead_letter_max) for d in dead]
-        if messages:
-            await self.producer.send_all(messages)
+        letters = [d.to_message(self.worker.name, self._dead_letter_max) for d in dead]
+        try:
+            if messages or letters:
+                await self.producer.send_all(messages + letters)
+        except MessageTooLarge:
+            # the broker's limit is below the event limit: find what it refuses, one by one
+            return await self._send_one_by_one(list(zip(messages, (c for _, c in results))),
+                                               letters, dead)
+        return [m.topic for m in messages]
+
+    def _encode(self, done: list[Batch]) -> list[tuple[OutMessage, Event]]:
+        """Each result as a message, with the event it results from."""
+        mode = self.settings.cloudevents_mode
+        out = []
+        for b in done:
+            for t, env in b.emitted:
+                if mode == "structured":  # the common case, without a call per message
+                    message = OutMessage(t, env.subject.encode(), env.model_dump_json().encode(),
+                                         env.binding_headers())
+                else:
+                    message = OutMessage(t, env.subject.encode(), *cloudevents.encode(env, mode))
+                out.append((message, b.causes[env.id]))
+        return out
+
+    def _too_large_dead_lettered(self, results: list[tuple[OutMessage, Event]],
+                                 dead: list[DeadLetter], limit: int,
+                                 ) -> list[tuple[OutMessage, Event]]:
+        """The results of the causes whose every result is within ``limit``; each other cause
+        becomes a dead letter and none of its results is sent (all or none of an event's
+        results, as a failed process would)."""
+        over = {}  # by id(cause): two events of a batch may share an event id
+        for m, cause in results:
+            if len(m.value) > limit and id(cause) not in over:
+                over[id(cause)] = (cause, m)
+        for cause, m in over.values():
+            dead.append(_result_too_large(cause, m, limit))
+        return [(m, c) for m, c in results if id(c) not in over]
+
+    async def _send_one_by_one(self, results: list[tuple[OutMessage, Event]],
+                               letters: list[OutMessage], dead: list[DeadLetter]) -> list[str]:
+        sent: list[str] = []
+        refused: dict[int, DeadLetter] = {}
+        for m, cause in results:
+            if id(cause) in refused:
+                continue
+            try:
+                await self.producer.send_all([m])
+                sent.append(m.topic)
+            except MessageTooLarge as exc:
+                # results of this cause sent before stay sent: replays re-send them alike
+                refused[id(cause)] = _result_too_large(cause, m, None, str(exc))
+        dead += refused.values()
+        letters += [d.to_message(self.worker.name, self._dead_letter_max)
+                    for d in refused.values()]
+        for letter in letters:
+            try:
+                await self.producer.send_all([letter])
+            except MessageTooLarge:
+                # the dead letter's head is enough to find the original by its headers
+                await self.producer.send_all([_cut(letter, _DEAD_LETTER_HEAD)])
+        log.warning("messages refused as too large by the broker", extra={
+            "dead_lettered": len(refused), "broker_limit_below": self.settings.max_event_bytes})
+        return sent
 
     def _pause(self, records: list[Record], cause: BaseException) -> None:
         self._consecutive_backpressure += 1
@@ -261,25 +326,26 @@ class WorkerRuntime:
             await self.consumer.commit(self.partitions.commit_offsets(records))
         except CommitLost as exc:
             # The group moved on; the new owner replays from the last commit, idempotently.
-            log.warning("commit failed after a rebalance", extra={"error": str(exc)})
+            log.warning(COMMIT_LOST_MESSAGE, extra={"error": str(exc)})
 
-    def _record(self, started: float, done: list[Batch], emitted, dead: list[DeadLetter]) -> None:
+    def _record(self, started: float, done: list[Batch], emitted: list[str],
+                dead: list[DeadLetter]) -> None:
         series = self.series
         series.batch_seconds(time.perf_counter() - started)
         # "now" in each event-time zone: datetimes with the same tzinfo object subtract without
         # utcoffset() calls, and pydantic's TzInfo made ``.timestamp()`` ~1 µs per event
         nows: dict[tzinfo | None, datetime] = {}
         ages: dict[str, list[float]] = defaultdict(list)
+        dead_records = {id(d.record) for d in dead}
         for b in done:
-            rejected = {id(x.event) for x in b.rejected}
             for e in b.events:
-                if not rejected or id(e) not in rejected:
+                if not dead_records or id(e.record) not in dead_records:
                     t = e.envelope.time
                     now = nows.get(t.tzinfo) or nows.setdefault(t.tzinfo, datetime.now(t.tzinfo))
                     ages[e.record.topic].append((now - t).total_seconds())
         for t, topic_ages in ages.items():
             series.processed(t, topic_ages)
-        series.emitted(t for t, _ in emitted)
+        series.emitted(emitted)
         for d in dead:
             series.dead_lettered(d.record.topic, d.reason)
             log.warning("dead-lettered event", extra={
@@ -294,3 +360,22 @@ class WorkerRuntime:
         self._last_lag_update = now
         for tp, behind in self.partitions.lags():
             self.series.lag(tp.topic, tp.partition, behind)
+
+
+_DEAD_LETTER_HEAD = 1024  # what a dead letter keeps of its value when the broker refuses more
+
+
+def _result_too_large(cause: Event, result: OutMessage, limit: int | None,
+                      refusal: str = "") -> DeadLetter:
+    where = (f"over the {limit}-byte event limit (RAGSTREAM_MAX_EVENT_BYTES)" if limit
+             else f"refused by the broker ({refusal[:300]})")
+    return DeadLetter(cause.record, "ResultTooLarge", "result_too_large",
+                      f"its {result.topic} result of {len(result.value)} bytes is {where}",
+                      "publish", 1)
+
+
+def _cut(letter: OutMessage, size: int) -> OutMessage:
+    headers = [h for h in letter.headers if h[0] not in ("x-truncated", "x-original-size")]
+    original = dict(letter.headers).get("x-original-size", str(len(letter.value)).encode())
+    return OutMessage(letter.topic, letter.key, letter.value[:size],
+                      headers + [("x-truncated", b"true"), ("x-original-size", original)])

@@ -11,15 +11,15 @@ import aiokafka
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
-    CommitFailedError, KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError,
-    UnknownError,
+    CommitFailedError, KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError,
+    RecordListTooLargeError, TopicAlreadyExistsError, UnknownError,
 )
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as KafkaTP
 
 from ragstream.config import Settings
-from ragstream.errors import CommitLost, TransportUnavailable
+from ragstream.errors import CommitLost, MessageTooLarge, TransportUnavailable
 from ragstream.transport.base import (
     OutMessage, Reader, RebalanceCallback, Record, TopicPartition,
 )
@@ -51,6 +51,8 @@ def _typed_errors(what: str) -> Iterator[None]:
         raise CommitLost(str(exc)) from exc
     except (KafkaConnectionError, KafkaTimeoutError) as exc:
         raise TransportUnavailable(f"kafka {what}: {exc!r}") from exc
+    except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
+        raise MessageTooLarge(f"kafka {what}: {exc}") from exc
 
 
 class _Listener(ConsumerRebalanceListener):

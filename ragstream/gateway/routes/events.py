@@ -13,7 +13,7 @@ from ragstream.gateway.dependencies import (Caller, EventPublisher, GatewayState
                                             kib, require)
 from ragstream.gateway.models import EventsIn, EventsOut, ItemResult
 from ragstream.transport.base import OutMessage
-from schemas.catalogue import TOPICS, DecodeError
+from schemas.catalogue import TOPICS, DecodeError, check_key
 from schemas.envelope import Envelope
 
 router = APIRouter(tags=["publish"], dependencies=[require("publish")],
@@ -33,6 +33,9 @@ def encode_item(item: dict[str, Any], max_bytes: int) -> tuple[Envelope, OutMess
         except ValueError:
             envelope = None
         if envelope is not None:
+            # the subject must name the document: the typed path skipped the check, and the
+            # gateway published what every worker then dead-lettered (adversarial chaos phase)
+            check_key(spec, envelope.subject, envelope.data)
             value = envelope.model_dump_json(exclude_none=True).encode()
             if len(value) > max_bytes:
                 raise DecodeError("oversized", f"{len(value)} bytes is over the {max_bytes}-byte limit")
