@@ -191,7 +191,9 @@ async def test_dlq_replay_by_reason_republishes_only_those_letters_once(env, set
     assert replay("--reason", "invalid_json") == "replayed 0, passed over 0 (other reasons)"
     assert replay("--reason", "invalid_utf8") == "replayed 1, passed over 3 (other reasons)"
 
-    replayed = (await read_topic(settings, "documents.v1", timeout=0.5))[len(bad):]
+    # the topic has several partitions, so a replay is known by its header, not its position
+    replayed = [r for r in await read_topic(settings, "documents.v1", timeout=0.5)
+                if "x-replay-count" in dict(r.headers)]
     assert sorted(r.value for r in replayed) == sorted([b"\xff\xfe", b"{not json",
                                                         b'{"truncated": '])
     for r in replayed:  # the bytes and the key unchanged; the dead-letter headers gone
