@@ -321,31 +321,44 @@ def search(
     where: Annotated[list[str], typer.Option(help="Only chunks whose metadata has KEY=VALUE "
                                              "(VALUE read as JSON, else as text; repeat it).")]
     = [],
+    rerank: Annotated[bool, typer.Option(help="Re-rank the fused candidates with the configured "
+                                         "re-ranker (RAGSTREAM_SERVING_RERANKER).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")]
     = False,
 ) -> None:
     """Hybrid search of a live store: dense and keyword rankings fused with reciprocal rank
-    fusion."""
+    fusion, then re-ranked where asked."""
     from ragstream.vectorstores.base import Filter
-    from ragstream.vectorstores.search import FusionWeights
-    from ragstream.vectorstores.search import search as run_search
+    from ragstream.vectorstores.search import FusionWeights, SearchRequest, shared_searcher
 
     cfg = settings()
     if store and store not in cfg.store.fresh_stores:
         raise typer.BadParameter(f"{store!r} is not kept fresh here; RAGSTREAM_STORE_FRESH "
                                  f"names {list(cfg.store.fresh_stores)}", param_hint="--store")
-    hits = run_search(cfg, query, k, FusionWeights(dense=dense, sparse=sparse), per_document,
-                      Filter(frozenset(doc) if doc else None, _metadata_pairs(where)),
-                      store or None)
+    if rerank and cfg.serving.reranker == "none":
+        raise typer.BadParameter("no re-ranker is configured: set RAGSTREAM_SERVING_RERANKER and "
+                                 "RAGSTREAM_SERVING_RERANKER_MODEL (docs/serving.md)",
+                                 param_hint="--rerank")
+    request = SearchRequest(query, k, FusionWeights(dense=dense, sparse=sparse), per_document,
+                            Filter(frozenset(doc) if doc else None, _metadata_pairs(where)),
+                            rerank)
+    [result] = shared_searcher(cfg, store or None).search_many([request])
+    if rerank and result.rerank != "reranked":
+        print(f"re-ranking {result.rerank}: the fused order follows", file=sys.stderr)
+    hits = result.hits
     if as_json:
         for hit in hits:
             print(json.dumps(hit.to_dict()), flush=True)
         return
     table = Table(title=f"{len(hits)} results for {query!r}")
-    for col in ("#", "score", "doc", "chunk", "dense", "bm25", "text"):
+    columns = ("#", "score", *(("rerank",) if rerank else ()), "doc", "chunk", "dense", "bm25",
+               "text")
+    for col in columns:
         table.add_column(col)
     for i, hit in enumerate(hits, start=1):
-        table.add_row(str(i), f"{hit.score:.4f}", hit.doc_id, hit.chunk_id,
+        reranked = () if not rerank else (
+            "-" if hit.rerank_score is None else f"{hit.rerank_score:.4f}",)
+        table.add_row(str(i), f"{hit.score:.4f}", *reranked, hit.doc_id, hit.chunk_id,
                       str(hit.dense_rank or "-"), str(hit.sparse_rank or "-"),
                       " ".join(hit.text.split())[:120])
     Console().print(table)

@@ -152,9 +152,10 @@ class ServingSettings(Section):
     result_cache_entries: int = Field(default=10_000, ge=0)
     result_cache_mb: float = Field(default=64.0, gt=0)
     result_cache_ttl_s: float = Field(default=600.0, gt=0)
-    # a cross-encoder over the fused top ``rerank_top_k``: "none", or one loaded from
-    # ``reranker_model``, a local model directory or an installed package that ships one
-    reranker: Literal["none", "cross-encoder"] = "none"
+    # a cross-encoder over the fused top ``rerank_top_k``: "none"; "cross-encoder", loaded in
+    # process from ``reranker_model``, a local model directory or an installed package that ships
+    # one; or "triton", the Triton model named ``reranker_model`` (RAGSTREAM_TRITON_* connection)
+    reranker: Literal["none", "cross-encoder", "triton"] = "none"
     reranker_model: str = ""
     # a MiniLM-L6 cross-encoder scored 7 pairs/s on this repository's loaded 2-core machine
     # (docs/serving.md): size these to the hardware the re-ranker runs on
@@ -162,6 +163,14 @@ class ServingSettings(Section):
     rerank_budget_ms: float = Field(default=1000.0, gt=0)
     rerank_batch_size: int = Field(default=32, ge=1)
     rerank_max_tokens: int = Field(default=256, ge=16, le=512)
+
+    @model_validator(mode="after")
+    def _reranker_named(self) -> ServingSettings:
+        if self.reranker != "none" and not self.reranker_model:
+            raise ValueError(f"RAGSTREAM_SERVING_RERANKER={self.reranker} needs "
+                             "RAGSTREAM_SERVING_RERANKER_MODEL: a model directory or package "
+                             "(cross-encoder) or a Triton model name (triton)")
+        return self
 
 
 STORE_BACKENDS = ("embedded", "pgvector", "qdrant")

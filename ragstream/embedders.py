@@ -7,7 +7,6 @@ disambiguation and the GCN's node features all embed through it.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Protocol
 
 import numpy as np
@@ -112,70 +111,25 @@ class TritonEmbedder:
     dimension = 384
 
     def __init__(self, settings: Settings, model: str | None = None):
-        from ragstream.triton import client as tc
+        from ragstream.triton.client import TritonModel
 
         self.settings = settings
         self.model_name = model or settings.triton_embedder_model
         self.model_id = MiniLMEmbedder.model_id  # same vectors: caches stay valid
-        self._headers = tc.headers(settings)
-        self._timeout = settings.triton_timeout_s
-        self._local = threading.local()
-        if settings.triton_protocol == "grpc":
-            import tritonclient.grpc as module
-
-            self._client = module.InferenceServerClient(**tc.grpc_kwargs(settings))
-            meta = self._client.get_model_metadata(self.model_name, headers=self._headers,
-                                                   as_json=True)
-            config = self._client.get_model_config(self.model_name, headers=self._headers,
-                                                   as_json=True)
-        else:
-            import tritonclient.http as module
-
-            client = self._http_client()
-            meta = client.get_model_metadata(self.model_name, headers=self._headers)
-            config = client.get_model_config(self.model_name, headers=self._headers)
-        self._module = module
-        self.info = tc.model_info(meta, config)
+        self._triton = TritonModel(settings, self.model_name)
+        self.info = self._triton.info
         (self._input,) = self.info.inputs
         (self._output,) = self.info.outputs
         self.tokenizer = load_tokenizer()
         self.model = self  # the embedding worker's chunker reads ``embedder.model.tokenizer``
 
-    def _http_client(self):
-        """tritonclient.http runs on gevent, whose hub belongs to one thread; ``embed`` is called
-        from a thread pool, so each thread gets its own client."""
-        import tritonclient.http as module
-
-        from ragstream.triton import client as tc
-
-        client = getattr(self._local, "client", None)
-        if client is None:
-            ctx = tc.ssl_context(self.settings)
-            client = self._local.client = module.InferenceServerClient(
-                self.settings.triton_url, ssl=ctx is not None,
-                ssl_context_factory=(lambda: ctx) if ctx else None,
-                network_timeout=self._timeout, connection_timeout=self._timeout)
-        return client
-
     def embed(self, texts: list[str]) -> np.ndarray:
+        from ragstream.triton.client import text_column
+
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        step = self.info.batch_limit
-        m = self._module
-        for start in range(0, len(texts), step):
-            part = texts[start:start + step]
-            arr = np.array([t.encode("utf-8") for t in part], dtype=np.object_).reshape(-1, 1)
-            t = m.InferInput(self._input, list(arr.shape), "BYTES")
-            t.set_data_from_numpy(arr)
-            if self.settings.triton_protocol == "grpc":
-                client, kw = self._client, {"client_timeout": self._timeout}
-            else:
-                client, kw = self._http_client(), {}
-            result = client.infer(self.model_name, [t], headers=self._headers,
-                                  outputs=[m.InferRequestedOutput(self._output)], **kw)
-            out[start:start + len(part)] = result.as_numpy(self._output)
-        return out
+        return self._triton.infer({self._input: text_column(texts)}, self._output
+                                  ).astype(np.float32, copy=False)
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text])[0]

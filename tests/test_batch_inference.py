@@ -215,6 +215,55 @@ async def test_triton_embedder_gives_the_local_minilm_vectors(triton, minilm, en
             minilm.model.tokenizer("hello")["input_ids"]
 
 
+def test_search_reranks_through_triton_and_falls_back_when_it_is_gone(triton, minilm, env,
+                                                                      settings):
+    """RAGSTREAM_SERVING_RERANKER=triton: the fused candidates come back in the order of the
+    Triton model's scores (the same scores as a direct call), over gRPC and HTTP, with more
+    pairs than the model's max batch; with Triton unreachable, the fused order, flagged."""
+    from ragstream.vectorstores.search import SearchRequest, Searcher
+    from tests.serving_support import DOCS, fill
+
+    fill(settings, minilm, DOCS)
+    query = "does vitamin D prevent fractures"
+    for protocol in ("grpc", "http"):
+        values = {**env, **triton.worker_env(protocol), "RAGSTREAM_SERVING_RERANKER": "triton",
+                  "RAGSTREAM_SERVING_RERANKER_MODEL": "minilm_reranker",
+                  "RAGSTREAM_SERVING_RERANK_TOP_K": "6",
+                  "RAGSTREAM_SERVING_RERANK_BUDGET_MS": "60000"}
+        searcher = Searcher(Settings.from_env(values), minilm)
+        try:
+            fused = searcher.search(query, k=6)
+            [result] = searcher.search_many([SearchRequest(query, k=4, rerank=True)])
+            # 20 queries of 6 candidates: 120 pairs, split at the model's batch limit of 64
+            many = searcher.search_many([SearchRequest(f"{query} {i}", k=2, rerank=True)
+                                         for i in range(20)])
+        finally:
+            searcher.close()
+        want = direct(triton, "minilm_reranker", {"query": column([query] * len(fused)),
+                                                  "passage": column([h.text for h in fused])}
+                      )["score"].reshape(-1)
+        order = sorted(range(len(fused)), key=lambda i: -want[i])[:4]
+        assert result.rerank == "reranked" and len(fused) == 6
+        assert [h.chunk_id for h in result.hits] == [fused[i].chunk_id for i in order]
+        np.testing.assert_allclose([h.rerank_score for h in result.hits],
+                                   [want[i] for i in order], rtol=0, atol=ATOL)
+        assert {r.rerank for r in many} == {"reranked"}
+        assert all(len(r.hits) == 2 and r.hits[0].rerank_score >= r.hits[1].rerank_score
+                   for r in many)
+
+    gone = {**env, "RAGSTREAM_TRITON_URL": f"127.0.0.1:{free_port()}",
+            "RAGSTREAM_TRITON_TIMEOUT_S": "2", "RAGSTREAM_SERVING_RERANKER": "triton",
+            "RAGSTREAM_SERVING_RERANKER_MODEL": "minilm_reranker"}
+    searcher = Searcher(Settings.from_env(gone), minilm)
+    try:
+        [result] = searcher.search_many([SearchRequest(query, k=4, rerank=True)])
+        assert result.rerank == "unavailable"
+        assert [h.chunk_id for h in result.hits] == [h.chunk_id for h in fused[:4]]
+        assert all(h.rerank_score is None for h in result.hits)
+    finally:
+        searcher.close()
+
+
 async def test_embedding_worker_embeds_through_triton(env, topics, triton, minilm):
     """RAGSTREAM_EMBEDDER=triton: the embedding worker, built with no embedder of its own,
     publishes the local MiniLM's vectors, computed by Triton."""

@@ -15,6 +15,7 @@ import pytest
 
 from producers.events import document_upserted
 from ragstream.stack import free_port
+from testing.cross_encoder import build_standin
 from tests.helpers import read_topic
 
 
@@ -201,7 +202,7 @@ async def test_dlq_replay_by_reason_republishes_only_those_letters_once(env, set
         assert dict(r.headers) == {"origin": b"t", "x-replay-count": b"1"}
 
 
-async def test_search_answers_from_the_live_index(env, settings, topics, minilm):
+async def test_search_answers_from_the_live_index(env, settings, topics, minilm, tmp_path):
     from ragstream.publisher import Publisher
     from tests.retrieval_support import pipeline, settled
 
@@ -222,6 +223,20 @@ async def test_search_answers_from_the_live_index(env, settings, topics, minilm)
     assert hits[0]["text"] == docs["fish"]
     assert (hits[0]["dense_rank"], hits[0]["sparse_rank"]) == (1, 1)  # both rankings agree
     assert hits[1]["sparse_rank"] is None  # no query word in it: BM25 misses it, MiniLM not
+
+    refused = ragstream("search", "zebrafish", "--rerank", env=env, timeout=120)
+    assert refused.returncode == 2 and "no re-ranker is configured" in refused.stderr
+
+    standin = build_standin(tmp_path / "cross-encoder")
+    reranking = {**env, "RAGSTREAM_SERVING_RERANKER": "cross-encoder",
+                 "RAGSTREAM_SERVING_RERANKER_MODEL": str(standin)}
+    result = ragstream("search", "how do zebrafish hearts heal", "-k", "2", "--rerank", "--json",
+                       env=reranking, timeout=120)
+    assert result.returncode == 0, result.stderr
+    reranked = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {h["chunk_id"] for h in reranked} == {"fish#0", "plants#0"}
+    scores = [h["rerank_score"] for h in reranked]
+    assert None not in scores and scores == sorted(scores, reverse=True)
 
 
 async def test_topics_create_makes_every_topic_and_the_workers_queues(transport_env,

@@ -3,7 +3,8 @@
 - ``caches.QueryVectors``: query vectors by model, cache namespace and text hash, in a
   per-process LRU in front of Redis;
 - ``caches.ResultCache``: results keyed by the store's generation, so never staler than the store;
-- ``rerank.RerankStage``: a cross-encoder over the fused candidates, within a latency budget;
+- ``rerank.RerankStage``: a cross-encoder (in process or on Triton) over the fused candidates,
+  within a latency budget;
 - ``metrics.ServingMetrics``: their hit, miss and fallback counters.
 
 One ``Serving`` per process (the gateway's, the CLI's) holds them; each store's ``Searcher``
@@ -33,7 +34,7 @@ class Serving:
                                           config.query_vectors_ttl_s, self.metrics)
         self.results = ResultCache(config.result_cache_entries, config.result_cache_mb,
                                    config.result_cache_ttl_s, self.metrics)
-        self.rerank = RerankStage(config, self.metrics)
+        self.rerank = RerankStage(settings, self.metrics)
 
     def close(self) -> None:
         self.rerank.close()

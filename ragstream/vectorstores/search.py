@@ -213,11 +213,9 @@ _searchers: dict[tuple, Searcher] = {}
 _searchers_lock = threading.Lock()
 
 
-def search(settings: Settings, query: str, k: int = 10, weights: FusionWeights = FusionWeights(),
-           per_document: bool = False, where: Filter = NO_FILTER,
-           store: str | None = None, rerank: bool = False) -> list[Hit]:
-    """Search with this process's shared Searcher of ``store`` (default: the configured search
-    store; the deployment's embedder, RAGSTREAM_EMBEDDER, loads on first use)."""
+def shared_searcher(settings: Settings, store: str | None = None) -> Searcher:
+    """This process's shared Searcher of ``store`` (default: the configured search store; the
+    deployment's embedder, RAGSTREAM_EMBEDDER, loads on first use)."""
     store = store or settings.store.search
     key = (str(settings.data_dir), settings.group_prefix, settings.redis_url.get_secret_value(),
            settings.embedder, store)
@@ -226,4 +224,11 @@ def search(settings: Settings, query: str, k: int = 10, weights: FusionWeights =
         if searcher is None:
             searcher = _searchers[key] = Searcher(settings, load_embedder(settings),
                                                   open_store(settings, store))
-    return searcher.search(query, k, weights, per_document, where, rerank)
+    return searcher
+
+
+def search(settings: Settings, query: str, k: int = 10, weights: FusionWeights = FusionWeights(),
+           per_document: bool = False, where: Filter = NO_FILTER,
+           store: str | None = None, rerank: bool = False) -> list[Hit]:
+    """The hits of one query, with this process's shared Searcher of ``store``."""
+    return shared_searcher(settings, store).search(query, k, weights, per_document, where, rerank)
