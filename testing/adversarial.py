@@ -31,7 +31,8 @@ effect), or ``accepted`` (the valid edges). Anything else is ``mishandled``; one
 store (its document, a word only it carries, or a change to the document it targets, against
 the clean run) is ``accepted_wrongly``. Search queries go to the gateway's ``/v1/search`` every
 ~0.3 s from the start of the hostile traffic to the end of the run; ``search_availability`` is
-the fraction answered 2xx, and a hit that names a hostile document counts against it.
+the fraction answered 2xx, and a hit that names a hostile document counts against it. With the
+embedded Qdrant engine no search runs: only the ``reindex_qdrant`` worker's process can open it.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from schemas.catalogue import DOCUMENT_UPSERTED
 from schemas.envelope import Envelope
 from testing.hostile_events import (FLOOD_REQUESTS, KEYS, Hostile, choose_targets,
                                     hostile_events, put_request)
+from workers import reindex_worker
 
 CRASHED_WORKERS = ("embedding", "entity_linking", "reindex")
 
@@ -68,11 +70,17 @@ class AdversarialPhase:
     hostile event after the run."""
 
     def __init__(self, events: Sequence[Envelope], final: dict[str, tuple[int, bool]],
-                 edge_docs: Sequence[str], seed: int, log: Callable[[str], None] = print):
+                 edge_docs: Sequence[str], seed: int, log: Callable[[str], None] = print,
+                 store: str = "embedded"):
         self.events, self.final, self.seed, self.log = list(events), final, seed, log
         self.edges = [e for e in events if e.subject in edge_docs]
         self.targets = choose_targets(events, final, edge_docs)
         self.hostile = hostile_events(events, final, self.targets, seed)
+        # the store's own reindex worker is the one that reads chunks.embedded.v1 in this run
+        self.reindex = reindex_worker(store)
+        for h in self.hostile:
+            h.reasons = {self.reindex if w == "reindex" else w: r for w, r in h.reasons.items()}
+        self.search = store != "qdrant"  # an embedded Qdrant opens in one process only
         self.accepted = [Hostile(f"valid edge {e.subject[:40]}...", "edge", "accepted",
                                  request=put_request("publisher", e.subject, e.data["text"],
                                                      e.data["version"], title=e.data["title"]),
@@ -109,7 +117,8 @@ class AdversarialPhase:
         """The failpoints of each crashed worker: every step, each on the first batch that
         holds two records of one document (any document: two named ones per step left a step
         unfired when their versions fell into two batches)."""
-        return {w: {s: [] for s in failpoints.STEPS} for w in CRASHED_WORKERS}
+        return {self.reindex if w == "reindex" else w: {s: [] for s in failpoints.STEPS}
+                for w in CRASHED_WORKERS}
 
     @property
     def expected_dead_letters(self) -> int:
@@ -150,8 +159,10 @@ class AdversarialPhase:
 
     async def _traffic(self) -> None:
         async with httpx.AsyncClient(base_url=self.url, timeout=60) as client:
-            await self._warm(client)
-            queries = asyncio.create_task(self._queries(client))
+            if self.search:
+                await self._warm(client)
+            queries = asyncio.create_task(self._queries(client) if self.search
+                                          else asyncio.sleep(0))
             try:
                 for h in self.accepted + [h for h in self.hostile if h.request is not None]:
                     await self._send(client, h)
@@ -239,7 +250,7 @@ class AdversarialPhase:
         unexplained = [d for d in dead_letters if d.event_id not in explained]
         answered = sum(200 <= s < 300 and not hostile for s, hostile in self.queries)
         return Verdict(self.hostile, self.accepted, len(self.queries), answered,
-                       sum(n for _, n in self.queries), unexplained)
+                       sum(n for _, n in self.queries), unexplained, self.search)
 
 
 def reached(h: Hostile, state: dict[str, Any], clean: dict[str, Any], history: set[str]
@@ -285,12 +296,15 @@ class Verdict:
     answered: int
     hostile_hits: int  # search hits that named a hostile document
     unexplained_dead_letters: list
+    searched: bool = True  # False where the gateway cannot open the store (embedded Qdrant)
 
     def count(self, outcome_: str) -> int:
         return sum(h.outcome == outcome_ for h in self.hostile)
 
     @property
-    def search_availability(self) -> float:
+    def search_availability(self) -> float | None:
+        if not self.searched:
+            return None
         return round(self.answered / self.queries, 4) if self.queries else 0.0
 
     def reasons(self) -> dict[str, int]:

@@ -27,6 +27,15 @@ fixed corpus of nasties, every event published twice, older versions re-sent aft
 queries throughout, and crashes at each step of batches holding several versions of one
 document: testing/adversarial.py).
 
+The vector store is any backend (``store``; the clean run uses the same one):
+
+- ``embedded`` (the default): in the run's FalkorDB server, so the outage takes it down too;
+- ``pgvector``: a table of its own (dropped after the run) in the machine's PostgreSQL, reached
+  through a proxy that the outage cuts at the same time as the graph store;
+- ``qdrant``: the engine embedded in the ``reindex_qdrant`` worker (one process per shard
+  directory), so it is read after the workers stop and the adversarial phase's gateway cannot
+  search it; it is never down (a Qdrant server is tested only through qdrant-client).
+
 A run that stops making progress is not an error here: it ends with ``converged`` false and the
 partitions left behind in ``stalled_partitions``, and its end state is compared all the same.
 """
@@ -63,10 +72,14 @@ from ragstream.transport.base import TopicPartition
 from schemas.envelope import DERIVED_SUFFIX_CHARS, MAX_ID_CHARS, Envelope
 from schemas.payloads import MAX_VERSION
 from testing import adversarial
+from testing.proxy import CuttableProxy
+from workers import reindex_worker
 
-PIPELINE = ("embedding", "reindex", "entity_linking", "gcn_refresh")
+STORE_BACKENDS = ("embedded", "pgvector", "qdrant")
 DOCUMENT_GROUPS = ("embedding", "entity_linking")  # both dead-letter every invalid document event
 PARTITIONS = 4
+# the machine's PostgreSQL with pgvector (infra/pgvector/install.sh), for --store pgvector
+PGVECTOR_DSN = "postgresql://postgres@{host}:{port}/ragstream"
 BIG_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -335,8 +348,10 @@ class Run:
     """One pipeline on its own broker and store, in ``root / name``."""
 
     def __init__(self, name: str, root: Path, seed: int, session_timeout_ms: int = 6000,
-                 log=print):
-        self.name, self.seed, self.log = name, seed, log
+                 log=print, store: str = "embedded"):
+        self.name, self.seed, self.log, self.store = name, seed, log, store
+        self.pipeline = pipeline(store)
+        self.proxy: CuttableProxy | None = None  # in front of the vector store, where it is remote
         self.dir = root / name
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
@@ -354,7 +369,7 @@ class Run:
 
     # services ----------------------------------------------------------------------------------
 
-    def start_services(self) -> None:
+    async def start_services(self) -> None:
         self.tansu = Tansu(self.dir)
         self.tansu.start()
         self.falkordb = FalkorDB(self.dir)
@@ -380,18 +395,34 @@ class Run:
             "RAGSTREAM_LOG_LEVEL": "INFO",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
+            "RAGSTREAM_STORE_SEARCH": self.store,
         }
+        if self.store == "pgvector":
+            self.proxy = CuttableProxy("127.0.0.1", 5432)
+            await self.proxy.start()
+            self.env["RAGSTREAM_STORE_PGVECTOR_DSN"] = PGVECTOR_DSN.format(
+                host="127.0.0.1", port=self.proxy.port)
         self.settings = _settings(self.env)
         from ragstream.graph import KgSettings
 
         self.graph_name = KgSettings(orphans="prune").graph_name(self.settings)
 
-    def stop_services(self) -> None:
+    def stop_workers(self) -> None:
         for w in self.workers.values():
             if w.alive():
                 os.kill(w.pid, signal.SIGCONT)
         for w in self.workers.values():
             w.stop(20)
+
+    async def stop_services(self) -> None:
+        self.stop_workers()
+        if self.proxy is not None:  # the run's own table goes with the run
+            if self.proxy.cut_off:
+                await self.proxy.restore()
+            try:
+                await asyncio.to_thread(_drop, index_store(self.settings))
+            finally:
+                await self.proxy.cut()
         self.falkordb.stop()
         self.tansu.process.kill()
         self.tansu.process.wait()
@@ -421,7 +452,7 @@ class Run:
     # workers -----------------------------------------------------------------------------------
 
     def start_workers(self) -> None:
-        for name in PIPELINE:
+        for name in self.pipeline:
             self._start(name)
 
     def _start(self, name: str) -> None:
@@ -475,7 +506,7 @@ class Run:
         where it can interrupt work (a dead or idle worker's kill proves nothing, and a worker
         still loading its model has no batch in hand). Returns the worker killed, or None if
         every group is done."""
-        busy = [n for n in PIPELINE if n in self._behind and n != self._stopped
+        busy = [n for n in self.pipeline if n in self._behind and n != self._stopped
                 and self.workers[n].alive()]
         if not busy:
             return None
@@ -507,9 +538,10 @@ class Run:
         from ragstream.transport.kafka import committed_offsets
         from workers import load
 
-        ends = await self._ends(sorted({t for name in PIPELINE for t in load(name).consumes}))
+        ends = await self._ends(sorted({t for name in self.pipeline
+                                        for t in load(name).consumes}))
         out = {}
-        for name in PIPELINE:
+        for name in self.pipeline:
             tps = [tp for tp in ends if tp.topic in load(name).consumes]
             offsets = await committed_offsets(self.settings, self.settings.group_id(name), tps)
             out.update({(name, tp): (offsets[tp], ends[tp]) for tp in tps})
@@ -554,25 +586,6 @@ class Run:
 
     # the run -----------------------------------------------------------------------------------
 
-    async def partition_lag(self) -> dict[str, int]:
-        """Records each pipeline group has not committed, per "group topic[partition]"."""
-        from ragstream.transport import open_reader
-        from ragstream.transport.kafka import committed_offsets
-        from workers import load
-
-        topics = sorted({t for name in PIPELINE for t in load(name).consumes})
-        async with open_reader(self.settings, topics) as reader:
-            ends = await reader.end_offsets()
-        out = {}
-        for name in PIPELINE:
-            tps = [tp for tp in ends if tp.topic in load(name).consumes]
-            offsets = await committed_offsets(self.settings, self.settings.group_id(name), tps)
-            out.update({f"{name} {tp.topic}[{tp.partition}]": ends[tp] - offsets[tp]
-                        for tp in tps})
-        return out
-
-    # the run -----------------------------------------------------------------------------------
-
     async def execute(self, messages: list[tuple[str, bytes | None, bytes]],
                       plan: ChaosPlan | None, timeout_s: float, phase: Phase | None = None,
                       stall_s: float = 240) -> RunResult:
@@ -580,7 +593,7 @@ class Run:
         committed everything, or none has moved for ``stall_s``, or ``timeout_s``; then read the
         end state."""
         self._t0 = time.monotonic()
-        self.start_services()
+        await self.start_services()
         try:
             await self.create_topics()
             await self.send(messages)
@@ -598,12 +611,13 @@ class Run:
             lag = await self.partition_lag()
             self.result.stalled_partitions = sorted(p for p, n in lag.items() if n > 0)
             self.result.evicted = self._evictions()
+            self.stop_workers()  # converged; and an embedded Qdrant opens in one process only
             self.result.state = await asyncio.to_thread(capture_state, self)
             self.result.hashes = {k: digest(v) for k, v in self.result.state.items()
                                   if k in STORES}
             await self._count_dead_letters()
         finally:
-            self.stop_services()
+            await self.stop_services()
         return self.result
 
     def _evictions(self) -> int:
@@ -631,6 +645,8 @@ class Run:
             if outage_until is not None and now >= outage_until:
                 self.falkordb = FalkorDB(self.dir, port=self.falkordb.port)
                 self.falkordb.start(timeout=900)
+                if self.proxy is not None:
+                    await self.proxy.restore()
                 self.log(f"[{self.name}] graph store back")
                 outage_until = None
             if resume_at is not None and now >= resume_at:
@@ -665,9 +681,12 @@ class Run:
                         self.log(f"[{self.name}] no kill at progress {p:.2f}: all groups done")
                 elif kind == "outage":
                     self.falkordb.stop()
+                    if self.proxy is not None:
+                        await self.proxy.cut()
                     outage_until = now + plan.outage_s
                     self.result.outages += 1
-                    self.log(f"[{self.name}] graph store stopped for {plan.outage_s}s")
+                    self.log(f"[{self.name}] graph store{' and ' + self.store if self.proxy else ''}"
+                             f" stopped for {plan.outage_s}s")
                 elif kind == "flush":
                     removed = flush_embedding_cache(self.falkordb.port, self.settings.group_prefix)
                     self.result.cache_flushes += 1
@@ -695,7 +714,7 @@ class Run:
         """Seeded: at which fraction of committed progress each fault strikes."""
         rng = self.rng
         # kills end at 80%: later ones met every group done (progress jumps at the end)
-        actions = [(rng.uniform(0.02, 0.8), "kill", rng.choice(PIPELINE))
+        actions = [(rng.uniform(0.02, 0.8), "kill", rng.choice(self.pipeline))
                    for _ in range(plan.kills)]
         if plan.outage_s:
             actions.append((rng.uniform(0.25, 0.45), "outage", ""))
@@ -773,6 +792,18 @@ STORES = ("index", "search", "graph")
 
 def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def pipeline(store: str) -> tuple[str, ...]:
+    """The workers of a run whose vector store is ``store``."""
+    return ("embedding", reindex_worker(store), "entity_linking", "gcn_refresh")
+
+
+def _drop(store: ChunkStore) -> None:
+    try:
+        store.drop()
+    finally:
+        store.close()
 
 
 def index_store(settings: Settings) -> ChunkStore:
@@ -1000,12 +1031,13 @@ class Report:
 async def run_all(docs: int, seed: int, root: Path, *, invalid: int = 1000,
                   plan: ChaosPlan | None = None,
                   scenarios: tuple[str, ...] = ("chaos", "hostile", "adversarial"),
-                  timeout_s: float = 3600, log=print) -> Report:
-    """The clean run, then each scenario on the same history; compare store by store."""
+                  timeout_s: float = 3600, log=print, store: str = "embedded") -> Report:
+    """The clean run, then each scenario on the same history, all with the vector store
+    ``store``; compare store by store."""
     h = history(docs, seed)
     plan = plan or ChaosPlan()
     runs, comparisons, verdict = [], {}, None
-    clean_run = Run("clean", root, seed, log=log)
+    clean_run = Run("clean", root, seed, log=log, store=store)
     clean_msgs = clean_messages(h)
     clean_run.result.events = len(clean_msgs)
     clean = await clean_run.execute(clean_msgs, None, timeout_s)
@@ -1013,7 +1045,7 @@ async def run_all(docs: int, seed: int, root: Path, *, invalid: int = 1000,
     log(f"[clean] {len(clean.state['index']['chunks'])} chunks, "
         f"{len(clean.state['graph']['entities'])} entities in {clean.seconds:.0f}s")
     for name in scenarios:
-        run = Run(name, root, seed, log=log)
+        run = Run(name, root, seed, log=log, store=store)
         if name == "chaos":
             msgs = clean_msgs
             # a fifth at once, the rest in 10 waves 5 s apart: past the outage, so kills and
@@ -1025,7 +1057,8 @@ async def run_all(docs: int, seed: int, root: Path, *, invalid: int = 1000,
             msgs = hostile_messages(h, invalid, seed, run.result)
             result = await run.execute(msgs, None, timeout_s)
         elif name == "adversarial":
-            phase = adversarial.AdversarialPhase(h.events, h.final, EDGE_DOCS, seed, log)
+            phase = adversarial.AdversarialPhase(h.events, h.final, EDGE_DOCS, seed, log,
+                                                 store=store)
             msgs = phase.messages()
             run.failpoints = phase.arm()
             run.result.invalid = len(phase.hostile)

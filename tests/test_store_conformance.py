@@ -18,7 +18,8 @@ from ragstream.vectorstores import open_store
 from ragstream.vectorstores.base import Counts, DocumentDelete, Filter
 from ragstream.vectorstores.search import FusionWeights, Searcher
 from tests.helpers import eventually, metric, running
-from tests.store_support import CuttableProxy, sha, unit, upsert
+from testing.proxy import CuttableProxy
+from tests.store_support import sha, unit, upsert
 from workers.embedding import EmbeddingWorker
 from workers.reindex import PgvectorReindexWorker, ReindexWorker
 
