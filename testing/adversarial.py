@@ -218,8 +218,10 @@ class AdversarialPhase:
                 h.answer = repr(exc)[:300]
         if repeats > 1:  # a flood: refused if every request past the burst was a 429
             burst = KEYS[req.key][2]
+            # where the gateway cannot search the store, those inside the burst answer 503
+            answered = (200, 429) if self.search else (200, 429, 503)
             h.status = 429 if all(s == 429 for s in statuses[burst + 1:]) and \
-                all(s in (200, 429) for s in statuses) else max(statuses)
+                all(s in answered for s in statuses) else max(statuses)
             return
         h.status = statuses[0]
         if h.status in (200, 202) and req.method in ("PUT", "POST"):

@@ -19,9 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragstream.config import Settings
-from ragstream.errors import unavailable_types
+from ragstream.errors import WiringError, unavailable_types
 from ragstream.gateway.middleware import (event_refused, http_error, invalid_request,
-                                          limits_and_access_log, service_unavailable)
+                                          limits_and_access_log, misconfigured, service_unavailable)
 from ragstream.gateway.models import Problem
 from ragstream.gateway.routes import (catalogue, documents, embed, embeddings, events, infer,
                                      probes, search)
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(DecodeError, event_refused)
+    app.add_exception_handler(WiringError, misconfigured)
     # the broker or a store is down: the core's Unavailable, and the client libraries' own
     # errors that the stores declare (state.py imports ragstream.stores.redis, so Redis' are in)
     for unavailable in unavailable_types():

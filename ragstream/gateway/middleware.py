@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragstream import tracing
-from ragstream.errors import TransportUnavailable, Unavailable
+from ragstream.errors import TransportUnavailable, Unavailable, WiringError
 from ragstream.gateway.dependencies import traceparent_for
 from schemas.catalogue import DecodeError
 
@@ -75,6 +75,15 @@ async def service_unavailable(request: Request, exc: Exception) -> JSONResponse:
     retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
     return JSONResponse({"detail": f"{what} is unavailable; retry later"}, status_code=503,
                         headers={"Retry-After": str(max(1, math.ceil(retry_after or 5)))})
+
+
+async def misconfigured(request: Request, exc: WiringError) -> JSONResponse:
+    """The deployment cannot serve this request from this process, as configured (the embedded
+    Qdrant engine is owned by the reindex_qdrant worker's process, say): 503 with the reason, not
+    a bare 500. Retrying will not help until the configuration changes."""
+    log.error("misconfigured", extra={"error": repr(exc)[:500], "path": request.url.path})
+    return JSONResponse({"detail": f"this gateway cannot serve that as configured: {exc}"},
+                        status_code=503)
 
 
 async def limits_and_access_log(request: Request, call_next):
