@@ -185,6 +185,46 @@ def test_a_second_process_opening_the_shard_fails_clearly(tmp_path, store):
         store.counts()
 
 
+HOLD_IN_CHILD = """
+import sys
+from ragstream.config import Settings
+from ragstream.vectorstores import open_store
+store = open_store(Settings(), "qdrant")
+print("opened", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+async def test_the_gateway_answers_503_with_the_reason_when_a_worker_owns_the_shard(env, tmp_path):
+    """The local layout: the reindex_qdrant worker's process owns the embedded shard, so a
+    gateway that searches it cannot open it. It says so (503 and the owner), not a bare 500."""
+    import json
+
+    import httpx
+
+    from ragstream.gateway.app import create_app
+    from ragstream.gateway.auth import new_key
+
+    key, entry = new_key("reader", ["search"], 1000.0, 1000)
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps([entry.model_dump()]))
+    owner = subprocess.Popen([sys.executable, "-c", HOLD_IN_CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, **env, "RAGSTREAM_STORE_SEARCH": "qdrant"})
+    try:
+        assert owner.stdout.readline().strip() == "opened"
+        app = create_app(Settings.from_env(env, store_search="qdrant", api_keys_file=keys_file))
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            r = await client.get("/v1/search", params={"q": "zebrafish"},
+                                 headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 503, r.text
+        assert f"is open in process {owner.pid}" in r.json()["detail"]
+    finally:
+        owner.stdin.close()
+        owner.wait(30)
+
+
 def test_the_engine_itself_refuses_a_second_writer_of_its_wal(tmp_path, store):
     """What the lock file stands in front of: the engine locks its WAL, so even without this
     store's lock a second open fails rather than corrupts."""
