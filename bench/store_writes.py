@@ -13,10 +13,11 @@ change a write's cost), as chunks.embedded.v1 events on an embedded Kafka.
   rate (about 5 MB/s of 8 KB events here, whatever the store), not by the worker.
 - Direct: the same rows into a fresh namespace of the same store, by its native bulk path, in
   pages of 500 with no version guard:
-  - embedded: pipelined writes of what the index keeps per chunk, with no Lua and no guard:
-    the chunk's hash, the document's version and chunk set, the change-log entry that every
-    reader replays (without the log, readers would never see the rows: it is the store's data,
-    not bookkeeping). The old baseline, the chunk hashes alone, is printed beside it;
+  - embedded: pipelined writes of what the index keeps for a chunk when no version is guarded
+    (no Lua, no document version): the chunk's hash, its document's chunk set (what a delete
+    reads) and the change-log entry that every reader replays (without it no reader ever sees
+    the row: the log is the index's data, not bookkeeping). The old baseline, the chunk hashes
+    alone, is printed beside it;
   - pgvector: a binary ``COPY`` into a table with the same HNSW, GIN and btree indexes live;
   - qdrant: point upserts straight into the embedded engine's shard (the same mapping).
 
@@ -124,7 +125,6 @@ def _redis_pipeline(settings: Settings, _store, data: list[ChunkUpsert],
             if chunks_only:
                 continue
             pipe.sadd(keys.index_doc_chunks(c.doc_id), c.chunk_id)
-            pipe.hset(keys.index_doc(c.doc_id), "version", c.doc_version)
             pipe.xadd(keys.index_log, {"op": "upsert", "chunk_id": c.chunk_id,
                                        "doc_id": c.doc_id, "position": c.position,
                                        "text": c.text, "vector": vector, "metadata": metadata})

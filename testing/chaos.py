@@ -361,6 +361,8 @@ class Run:
         self.workers: dict[str, ManagedProcess] = {}
         self._starts: dict[str, int] = {}
         self._started_at: dict[str, float] = {}
+        self._committed: dict[str, int] = {}  # each group's committed records, at last look
+        self._committed_at_start: dict[str, int] = {}
         self._expected_exit: set[str] = set()
         self._stopped: str | None = None
         self._behind: set[str] = set()  # the groups with input left to commit, at last look
@@ -464,6 +466,7 @@ class Run:
         proc.start()
         self.workers[name] = proc
         self._started_at[name] = time.monotonic()
+        self._committed_at_start[name] = self._committed.get(name, 0)
 
     def supervise(self) -> None:
         """Restart dead workers; a death the harness did not cause is counted."""
@@ -501,20 +504,20 @@ class Run:
         return None
 
     def kill(self, name: str, strict: bool = False) -> str | None:
-        """SIGKILL ``name``, or another worker if its group has nothing left to commit or it
-        was restarted moments ago while another busy one has run longer: a kill counts only
-        where it can interrupt work (a dead or idle worker's kill proves nothing, and a worker
-        still loading its model has no batch in hand). ``strict``: ``name`` or no one. Returns
-        the worker killed, or None."""
+        """SIGKILL ``name``, or another busy worker if its group has nothing left to commit or
+        it is still starting: a kill counts only where it can interrupt work. A dead or idle
+        worker's kill proves nothing, and neither does one still loading its model: the first
+        four kills of a run used to land on the entity-linking worker loading spaCy. A worker
+        is under way once its group committed since it started (or 15 s after its start).
+        ``strict``: ``name`` or no one. Returns the worker killed, or None (no one to kill)."""
         busy = [n for n in self.pipeline if n in self._behind and n != self._stopped
-                and self.workers[n].alive()]
+                and self.workers[n].alive() and self._under_way(n)]
         if strict:
             busy = [n for n in busy if n == name]
         if not busy:
             return None
-        settled = [n for n in busy if time.monotonic() - self._started_at[n] >= 3.0]
-        if name not in busy or (name not in settled and settled):
-            name = self.rng.choice(settled or busy)
+        if name not in busy:
+            name = self.rng.choice(busy)
         proc = self.workers[name]
         self._expected_exit.add(name)
         proc.signal(signal.SIGKILL)
@@ -524,6 +527,10 @@ class Run:
         self._start(name)
         self._expected_exit.discard(name)
         return name
+
+    def _under_way(self, name: str) -> bool:
+        return (self._committed.get(name, 0) > self._committed_at_start.get(name, 0)
+                or time.monotonic() - self._started_at[name] >= 15.0)
 
     # progress and convergence -------------------------------------------------------------------
 
@@ -571,6 +578,7 @@ class Run:
         except Exception:  # the broker is busy; try again on the next tick
             return {"all": -1.0}
         self._behind = {name for name, (c, e) in lag.items() if c < e}
+        self._committed = {name: c for name, (c, _) in lag.items()}
         # a group with no input yet has made no progress (not all of it), or early faults
         # would bunch up before anything flows
         out = {name: (c / e if e else 0.0) for name, (c, e) in lag.items()}
