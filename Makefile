@@ -22,8 +22,12 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ragstream demo
 
+# Two test processes, a file each at a time (a module's services and fixtures stay in one
+# process): most tests wait on brokers, outages and restarts, so two halve the wall time on two
+# cores. PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 2
 test: $(STAMP) $(TRITON_STAMP) test-tools
-	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # What the tests need beyond Python: Debian's prometheus package (promtool checks the alert rules,
 # the server scrapes live workers in the dashboard test), and pgvector in the machine's PostgreSQL

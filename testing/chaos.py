@@ -63,7 +63,7 @@ from producers.events import document_deleted, document_upserted
 from ragstream.config import MAX_EVENT_BYTES, Settings
 from ragstream.publisher import encode
 from ragstream.runtime import failpoints
-from ragstream.runtime.worker_runtime import COMMIT_LOST_MESSAGE
+from ragstream.runtime.worker_runtime import ASSIGNED_MESSAGE, COMMIT_LOST_MESSAGE
 from ragstream.stores.keys import GraphKeys, Keys
 from ragstream.vectorstores import open_store
 from ragstream.vectorstores.base import ChunkStore, ChunkUpsert, canonical_metadata
@@ -361,8 +361,7 @@ class Run:
         self.workers: dict[str, ManagedProcess] = {}
         self._starts: dict[str, int] = {}
         self._started_at: dict[str, float] = {}
-        self._committed: dict[str, int] = {}  # each group's committed records, at last look
-        self._committed_at_start: dict[str, int] = {}
+        self._under_way: set[str] = set()  # workers that have loaded their model and joined
         self._expected_exit: set[str] = set()
         self._stopped: str | None = None
         self._behind: set[str] = set()  # the groups with input left to commit, at last look
@@ -466,7 +465,7 @@ class Run:
         proc.start()
         self.workers[name] = proc
         self._started_at[name] = time.monotonic()
-        self._committed_at_start[name] = self._committed.get(name, 0)
+        self._under_way.discard(name)
 
     def supervise(self) -> None:
         """Restart dead workers; a death the harness did not cause is counted."""
@@ -508,12 +507,17 @@ class Run:
         it is still starting: a kill counts only where it can interrupt work. A dead or idle
         worker's kill proves nothing, and neither does one still loading its model: the first
         four kills of a run used to land on the entity-linking worker loading spaCy. A worker
-        is under way once its group committed since it started (or 15 s after its start).
-        ``strict``: ``name`` or no one. Returns the worker killed, or None (no one to kill)."""
-        busy = [n for n in self.pipeline if n in self._behind and n != self._stopped
-                and self.workers[n].alive() and self._under_way(n)]
-        if strict:
-            busy = [n for n in busy if n == name]
+        is under way once it logged its partitions assigned: its model loaded in ``setup``,
+        before it joined. ``strict``: ``name`` or no one. Returns the worker killed, or None
+        (no one to kill)."""
+        if strict:  # the store's writer works in bursts too short to catch: it counts as busy
+            # while the group that feeds it has work (its chunks are on their way)
+            busy = [name] if (name in self._behind or self._fed(name)) and \
+                name != self._stopped and self.workers[name].alive() and self.under_way(name) \
+                else []
+        else:
+            busy = [n for n in self.pipeline if n in self._behind and n != self._stopped
+                    and self.workers[n].alive() and self.under_way(n)]
         if not busy:
             return None
         if name not in busy:
@@ -528,9 +532,18 @@ class Run:
         self._expected_exit.discard(name)
         return name
 
-    def _under_way(self, name: str) -> bool:
-        return (self._committed.get(name, 0) > self._committed_at_start.get(name, 0)
-                or time.monotonic() - self._started_at[name] >= 15.0)
+    def _fed(self, name: str) -> bool:
+        """Whether a group that writes what ``name`` reads has work left."""
+        from workers import load
+
+        reads = set(load(name).consumes)
+        return any(reads & set(load(n).emits) for n in self._behind)
+
+    def under_way(self, name: str) -> bool:
+        if name not in self._under_way:
+            if ASSIGNED_MESSAGE in self.workers[name].log_path.read_text(errors="replace"):
+                self._under_way.add(name)
+        return name in self._under_way
 
     # progress and convergence -------------------------------------------------------------------
 
@@ -578,7 +591,6 @@ class Run:
         except Exception:  # the broker is busy; try again on the next tick
             return {"all": -1.0}
         self._behind = {name for name, (c, e) in lag.items() if c < e}
-        self._committed = {name: c for name, (c, _) in lag.items()}
         # a group with no input yet has made no progress (not all of it), or early faults
         # would bunch up before anything flows
         out = {name: (c / e if e else 0.0) for name, (c, e) in lag.items()}
@@ -680,17 +692,20 @@ class Run:
             while due and now - last >= 1.5 and outage_until is None:
                 action = actions.pop(0)
                 _, kind, arg = action
-                last = now
+                last, before = now, last
                 if kind in ("kill", "kill_writer"):
                     killed = self.kill(arg, strict=kind == "kill_writer")
                     if killed:
                         self.log(f"[{self.name}] SIGKILL {killed} at progress {p:.2f}")
                     elif self._behind or (phase is not None and not phase.sent()):
-                        # only the SIGSTOPped worker has work (after SIGCONT), or the next wave
-                        # is yet to come: on a quiet machine each wave was done within 2 s and 4
-                        # of 10 kills found every group done. The writer's kill waits behind
-                        # the next action, so the others do not wait for the writer
+                        # no one to kill yet: the busy workers are still starting, only the
+                        # SIGSTOPped one has work, or the next wave is yet to come (on a quiet
+                        # machine each wave was done within 2 s, and 4 of 10 kills found every
+                        # group done). Try again on the next tick: a busy window is short. The
+                        # writer's kill waits behind the next action, so the others do not wait
+                        # for the writer
                         actions.insert(int(kind == "kill_writer" and len(actions) > 0), action)
+                        last = before
                     else:
                         self.log(f"[{self.name}] no kill at progress {p:.2f}: all groups done")
                 elif kind == "outage":

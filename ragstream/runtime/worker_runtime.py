@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 ConsumerFactory = Callable[..., Consumer]
 COMMIT_LOST_MESSAGE = "commit failed after a rebalance"  # the log line of an evicted worker
+ASSIGNED_MESSAGE = "partitions assigned"  # set up (models loaded) and consuming
 
 
 @dataclass
@@ -183,7 +184,7 @@ class WorkerRuntime:
         self.partitions.assigned(assigned)
         self.series.assigned(len(assigned))
         self._ready = True
-        log.info("partitions assigned", extra={"partitions": sorted(f"{t}[{p}]" for t, p in assigned)})
+        log.info(ASSIGNED_MESSAGE, extra={"partitions": sorted(f"{t}[{p}]" for t, p in assigned)})
 
     # the path of a batch -----------------------------------------------------------------------
 
