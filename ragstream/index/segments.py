@@ -59,11 +59,21 @@ class DenseSegment:
 
     def search(self, vector: np.ndarray, n: int) -> list[tuple[int, float]]:
         """(key, cosine similarity), best first."""
+        return self.search_many(vector[np.newaxis, :], n)[0]
+
+    def search_many(self, vectors: np.ndarray, n: int) -> list[list[tuple[int, float]]]:
+        """``search`` for each row of ``vectors``, in one call (usearch spreads it on threads)."""
         if not len(self):
-            return []
-        matches = self._index.search(vector, min(n, len(self)))
-        return [(int(k), 1.0 - float(d)) for k, d in zip(matches.keys, matches.distances,
-                                                         strict=True)]
+            return [[] for _ in vectors]
+        found = self._index.search(vectors, min(n, len(self)))
+        if found.keys.ndim == 1:  # one query: usearch answers with flat Matches
+            keys, distances = found.keys[np.newaxis], found.distances[np.newaxis]
+            counts = [len(found.keys)]
+        else:
+            keys, distances, counts = found.keys, found.distances, found.counts
+        return [[(int(k), 1.0 - float(d)) for k, d in zip(keys[i, :c], distances[i, :c],
+                                                          strict=True)]
+                for i, c in enumerate(counts)]
 
 
 class SparseSegment:

@@ -115,6 +115,10 @@ class Candidates:
     chunks: dict[str, StoredChunk]
 
 
+# one read of ``candidates``: (vector, query, n, where)
+Search = tuple[np.ndarray | None, str | None, int, Filter]
+
+
 @dataclass(frozen=True, slots=True)
 class Counts:
     documents: int  # documents with at least one chunk
@@ -141,6 +145,14 @@ class ChunkStore(ABC):
                    where: Filter = NO_FILTER) -> Candidates:
         """Up to ``n`` chunks by cosine similarity to ``vector`` and up to ``n`` by keyword rank
         for ``query`` (either may be None: that ranking is empty), all admitted by ``where``."""
+
+    # True where ``candidates_many`` answers a batch in one go (one consistent state, batched
+    # native searches); otherwise the searcher runs ``candidates`` concurrently on its threads
+    batched_reads: bool = False
+
+    def candidates_many(self, searches: Sequence[Search]) -> list[Candidates]:
+        """``candidates`` for each (vector, query, n, where), in order."""
+        return [self.candidates(*search) for search in searches]
 
     @abstractmethod
     def counts(self) -> Counts: ...

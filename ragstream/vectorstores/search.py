@@ -27,7 +27,7 @@ from ragstream.config import Settings
 from ragstream.embedders import Embedder, load_embedder
 from ragstream.serving import Serving
 from ragstream.vectorstores import open_store
-from ragstream.vectorstores.base import (NO_FILTER, Candidates, ChunkStore, Filter,
+from ragstream.vectorstores.base import (NO_FILTER, Candidates, ChunkStore, Filter, Search,
                                          canonical_metadata)
 
 
@@ -144,9 +144,12 @@ class Searcher:
             return []
         dense = [r.query for r in requests if r.weights.dense > 0]
         vectors = iter(self.serving.query_vectors.vectors(dense) if dense else ())
-        jobs = [(next(vectors) if r.weights.dense > 0 else None, r) for r in requests]
-        found = ([self._read(*jobs[0])] if len(jobs) == 1
-                 else list(self._reads.map(lambda job: self._read(*job), jobs)))
+        reads = [self._search(next(vectors) if r.weights.dense > 0 else None, r)
+                 for r in requests]
+        if len(reads) == 1 or self.store.batched_reads:
+            found = self.store.candidates_many(reads)
+        else:  # a network store: its reads overlap on the searcher's threads
+            found = list(self._reads.map(lambda read: self.store.candidates(*read), reads))
         fused = [self._fuse(f, self._depth(r), r.weights, r.per_document)
                  for f, r in zip(found, requests, strict=True)]
         outcomes = ["off"] * len(requests)
@@ -167,10 +170,9 @@ class Searcher:
         """Fused hits to keep: ``k``, or the re-ranker's top-k if it is deeper."""
         return max(r.k, self.serving.rerank.top_k) if r.rerank else r.k
 
-    def _read(self, vector: np.ndarray | None, r: SearchRequest) -> Candidates:
+    def _search(self, vector: np.ndarray | None, r: SearchRequest) -> Search:
         n = max(self.candidates, self._depth(r))
-        return self.store.candidates(vector, r.query if r.weights.sparse > 0 else None, n,
-                                     r.where)
+        return vector, r.query if r.weights.sparse > 0 else None, n, r.where
 
     def _fuse(self, found: Candidates, k: int, weights: FusionWeights,
               per_document: bool) -> list[Hit]:
