@@ -252,6 +252,12 @@ class ChaosPlan:
     outage_s: float = 20.0
     flush_cache: bool = True
     stop_worker: bool = True
+    # the history after its first fifth arrives in this many waves, ``wave_every_s`` apart: the
+    # kills need busy workers, and a killed worker is out of reach until it has loaded its
+    # model again. 10 waves (50 s, 20 of them the outage) left room for 5 kills on a loaded
+    # machine (CI, two test processes)
+    waves: int = 20
+    wave_every_s: float = 5.0
 
 
 @dataclass
@@ -1080,11 +1086,11 @@ async def run_all(docs: int, seed: int, root: Path, *, invalid: int = 1000,
         run = Run(name, root, seed, log=log, store=store)
         if name == "chaos":
             msgs = clean_msgs
-            # a fifth at once, the rest in 10 waves 5 s apart: past the outage, so kills and
-            # the SIGSTOP still find work after it
+            # a fifth at once, the rest in waves: past the outage, so kills and the SIGSTOP
+            # still find work after it
             first = len(msgs) // 5
             result = await run.execute(msgs[:first], plan, timeout_s,
-                                       Trickle(msgs[first:], waves=10, every_s=5.0))
+                                       Trickle(msgs[first:], plan.waves, plan.wave_every_s))
         elif name == "hostile":
             msgs = hostile_messages(h, invalid, seed, run.result)
             result = await run.execute(msgs, None, timeout_s)
