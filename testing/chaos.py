@@ -516,14 +516,14 @@ class Run:
         is under way once it logged its partitions assigned: its model loaded in ``setup``,
         before it joined. ``strict``: ``name`` or no one. Returns the worker killed, or None
         (no one to kill)."""
+        def killable(n: str) -> bool:
+            return n != self._stopped and self.workers[n].alive() and self.under_way(n)
+
         if strict:  # the store's writer works in bursts too short to catch: it counts as busy
             # while the group that feeds it has work (its chunks are on their way)
-            busy = [name] if (name in self._behind or self._fed(name)) and \
-                name != self._stopped and self.workers[name].alive() and self.under_way(name) \
-                else []
+            busy = [name] if killable(name) and (name in self._behind or self._fed(name)) else []
         else:
-            busy = [n for n in self.pipeline if n in self._behind and n != self._stopped
-                    and self.workers[n].alive() and self.under_way(n)]
+            busy = [n for n in self.pipeline if n in self._behind and killable(n)]
         if not busy:
             return None
         if name not in busy:
