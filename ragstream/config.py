@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ragstream.stores.keys import Keys
+from schemas.payloads import VectorEncoding
 
 ENV_PREFIX = "RAGSTREAM_"
 # defaults that code outside a deployment uses too (a bare MiniLMEmbedder, the chaos harness)
@@ -295,6 +296,10 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(default=240, ge=32, le=254)
     chunk_overlap_tokens: int = Field(default=48, ge=0)
     max_chunks_per_document: int = Field(default=2_000, ge=1)
+    # how chunks.embedded.v1 carries each vector (schemas.payloads.VectorEncoding): "float" is
+    # the JSON list every reader of the topic knows; "base64" is a third of the size and the
+    # reindex workers read it several times faster. ragstream's readers take both.
+    vector_encoding: VectorEncoding = "float"
     # texts per model call, at most (exactly, padded with empty rows, where the row count would
     # change a vector's low bits; see MiniLMEmbedder). 4 was fastest here, with or without padding
     embed_batch_size: int = Field(default=EMBED_BATCH_SIZE, ge=1)

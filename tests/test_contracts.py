@@ -183,3 +183,54 @@ def test_metadata_keys_and_values_meet_the_text_rules(metadata):
     with pytest.raises(DecodeError) as err:
         decode(topic("documents.v1"), json.dumps(raw).encode(), LIMIT)
     assert err.value.reason == "invalid_payload" and "metadata" in err.value.message
+
+
+def _chunk_event(**vector) -> bytes:
+    from schemas.catalogue import CHUNK_EMBEDDED
+    from schemas.payloads import ChunkEmbedded
+
+    payload = ChunkEmbedded(chunk_id="d#0", doc_id="d", doc_version=1, position=0, text="t",
+                            text_hash="0" * 64, model_id="m", **vector)
+    return encode(Envelope(type=CHUNK_EMBEDDED, source="test", subject="d",
+                           data=payload.model_dump(mode="json"))).value
+
+
+def test_a_base64_vector_reads_as_the_same_float32_values_as_a_list():
+    import base64
+
+    import numpy as np
+
+    from schemas.payloads import vector_fields
+
+    vector = np.array([0.1, -2.5, 3e38, -1e-45, 0.0], dtype=np.float32)
+    chunks = topic("chunks.embedded.v1")
+    as_list = decode(chunks, _chunk_event(**vector_fields(vector, "float")), LIMIT).data
+    raw = _chunk_event(**vector_fields(vector, "base64"))
+    as_base64 = decode(chunks, raw, LIMIT).data
+    assert as_list.vector_base64 is None and as_base64.vector is None
+    assert as_list.embedding().tobytes() == as_base64.embedding().tobytes() == vector.tobytes()
+    # the wire holds the standard alphabet, which any base64 decoder reads
+    wire = json.loads(raw)["data"]["vector_base64"]
+    assert base64.b64decode(wire, validate=True) == vector.astype("<f4").tobytes()
+    assert len(raw) < len(_chunk_event(**vector_fields(np.random.default_rng(1).standard_normal(
+        384).astype(np.float32), "float"))) / 2
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("@@@@", "base64"), ("AAA=", "whole number of float32"), ("AADAfw==", "NaN or Infinity"),
+    ("AACAfw==", "NaN or Infinity"), ("", "whole number of float32"),
+])
+def test_a_base64_vector_that_is_not_finite_float32_values_is_refused(text, why):
+    raw = json.loads(_chunk_event())
+    raw["data"]["vector_base64"] = text
+    with pytest.raises(DecodeError) as err:
+        decode(topic("chunks.embedded.v1"), json.dumps(raw).encode(), LIMIT)
+    assert err.value.reason == "invalid_payload" and why in err.value.message
+
+
+def test_a_chunk_with_a_vector_in_both_encodings_is_refused():
+    raw = json.loads(_chunk_event(vector=[1.0]))
+    raw["data"]["vector_base64"] = "AACAPw=="  # 1.0
+    with pytest.raises(DecodeError) as err:
+        decode(topic("chunks.embedded.v1"), json.dumps(raw).encode(), LIMIT)
+    assert err.value.reason == "invalid_payload" and "two encodings" in err.value.message

@@ -89,6 +89,27 @@ async def test_upsert_then_query_finds_the_document(settings, topics, redis_clie
     assert freshness() == len(expected)
 
 
+async def test_base64_vectors_index_the_same_float32_values_as_lists(settings, topics,
+                                                                    redis_client, minilm):
+    """RAGSTREAM_VECTOR_ENCODING=base64: the events carry no float list, the index holds the
+    model's exact float32 bytes, and a search finds the document as with lists."""
+    settings = settings.model_copy(update={"vector_encoding": "base64"})
+    expected = _chunks("fish", MIDDLE_V2, title="Zebrafish")
+    async with pipeline(settings, minilm), Publisher(settings) as pub:
+        await pub.publish([document_upserted("fish", MIDDLE_V2, version=1, title="Zebrafish")])
+        await wait_for_chunks(redis_client, settings.group_prefix, expected)
+    [event] = [json.loads(r.value)["data"]
+               for r in await read_topic(settings, "chunks.embedded.v1")]
+    assert event.get("vector") is None and len(event["vector_base64"]) == 2048  # 384 float32
+    stored = redis_client.hget(settings.keys.index_chunk_prefix + "fish#0", "vector")
+    assert stored == minilm.embed([f"Zebrafish\n{MIDDLE_V2}"])[0].astype("<f4").tobytes()
+    searcher = Searcher(settings, minilm)
+    try:
+        assert searcher.search("zebrafish heart regeneration", k=1)[0].chunk_id == "fish#0"
+    finally:
+        searcher.close()
+
+
 async def test_update_of_one_paragraph_reembeds_only_its_chunk(settings, topics, redis_client,
                                                                 minilm):
     settings = _small_chunks(settings)

@@ -42,7 +42,8 @@ from ragstream.runtime import Batch, Event, Sink, Worker, WorkerContext
 from ragstream.stores.keys import Keys
 from ragstream.vectorstores.base import canonical_metadata
 from schemas.catalogue import CHUNK_EMBEDDED, CHUNKS_DELETED
-from schemas.payloads import ChunkEmbedded, ChunksDeleted, DocumentDeleted, DocumentUpserted
+from schemas.payloads import (ChunkEmbedded, ChunksDeleted, DocumentDeleted, DocumentUpserted,
+                              vector_fields)
 
 OUT_TOPIC = "chunks.embedded.v1"
 
@@ -141,6 +142,7 @@ class EmbeddingWorker(Worker):
         self.chunker = Chunker(self._embedder.model.tokenizer, s.chunk_tokens,
                                s.chunk_overlap_tokens, max_chunks=s.max_chunks_per_document)
         self._keys = s.keys
+        self._encoding = s.vector_encoding
         self._redis = ctx.redis()
         self._ledgers = EmbeddingLedgerSink(self._redis, s.keys)
         self.sinks = {"ledger": self._ledgers,
@@ -284,8 +286,9 @@ class EmbeddingWorker(Worker):
             batch.emit(OUT_TOPIC, CHUNK_EMBEDDED, ChunkEmbedded(
                 chunk_id=c.chunk_id, doc_id=doc.doc_id, doc_version=doc.version,
                 position=c.position, text=c.text, text_hash=c.text_hash,
-                model_id=self._embedder.model_id, vector=vectors[c.text_hash].tolist(),
-                metadata=doc.metadata, source_time=source_time), cause=event)
+                model_id=self._embedder.model_id, metadata=doc.metadata,
+                source_time=source_time, **vector_fields(vectors[c.text_hash], self._encoding)),
+                cause=event)
         if plan.removed or plan.deleted_document:
             batch.emit(OUT_TOPIC, CHUNKS_DELETED, ChunksDeleted(
                 doc_id=doc.doc_id, doc_version=doc.version, chunk_ids=plan.removed,
