@@ -3,7 +3,9 @@
     consume a batch -> 1 decode -> 2 process (with isolation) -> 3 publish -> 4 commit -> 5 record
 
 Offsets are committed only after the sinks are flushed and the results and dead letters are
-acknowledged by the broker: at-least-once delivery. Sinks are idempotent, and derived events get
+acknowledged by the broker: at-least-once delivery. A batch's commit is sent without waiting,
+and the next batch's commit waits for it: offsets go out in order, and the round trip runs
+beside the next batch's work. Sinks are idempotent, and derived events get
 deterministic ids, so a replayed batch changes nothing.
 
 Where each concern lives: the worker-facing API (``Worker``, ``Batch``, ``Event``,
@@ -59,6 +61,7 @@ class WorkerRuntime:
         self._specs = {name: topic(name) for name in w.consumes}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._committing: asyncio.Task | None = None  # the last batch's commit, in flight
         self._stopping = asyncio.Event()
         self._alive = False
         self._ready = False
@@ -128,6 +131,7 @@ class WorkerRuntime:
                 self._update_lag()
         finally:
             self._alive = self._ready = False
+            await self._committed_or_replayed("at stop")
             await self.consumer.stop()
             await self.producer.stop()
             await self.worker.teardown()
@@ -177,6 +181,7 @@ class WorkerRuntime:
             await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout_s)
         except TimeoutError:
             log.warning("batch still in flight when partitions were revoked; it will be replayed")
+        await self._committed_or_replayed("before partitions were revoked")
         self.partitions.revoked(revoked)
         for tp in revoked:
             self.series.forget_partition(tp.topic, tp.partition)
@@ -218,14 +223,41 @@ class WorkerRuntime:
             return
         self._consecutive_backpressure = 0
 
-        # 4. Commit: everything before this point is durable.
-        await self._commit(records)
+        # 4. Commit: everything before this point is durable. The commit's round trip runs
+        #    beside the next batch's work (6 ms a batch on Tansu, a sixth of a reindex batch);
+        #    the one before it is awaited first, so commits go out in order.
+        await self._committed()
+        offsets = self.partitions.commit_offsets(records)
+        seconds = time.perf_counter() - started
+        self._committing = asyncio.create_task(
+            self._commit(offsets, records, seconds, done, emitted, dead, trace))
+
+    async def _committed(self) -> None:
+        """Wait for the commit in flight, if any (its errors are raised here)."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            await committing
+
+    async def _committed_or_replayed(self, when: str) -> None:
+        try:
+            await self._committed()
+        except Exception as exc:  # noqa: BLE001  the batch replays from the last commit
+            log.warning("last commit failed; its batch will be replayed", extra={
+                "when": when, "error": repr(exc)[:500]})
+
+    async def _commit(self, offsets: dict[TopicPartition, int], records: list[Record],
+                      seconds: float, done: list[Batch], emitted: list[str],
+                      dead: list[DeadLetter], trace) -> None:
+        try:
+            await self.consumer.commit(offsets)
+        except CommitLost as exc:
+            # The group moved on; the new owner replays from the last commit, idempotently.
+            log.warning(COMMIT_LOST_MESSAGE, extra={"error": str(exc)})
         failpoints.reached("committed", records)
         if trace is not None:
             trace.end()
-
-        # 5. Record: metrics and a log line per dead letter.
-        self._record(started, done, emitted, dead)
+        # 5. Record, once committed: metrics and a log line per dead letter.
+        self._record(seconds, done, emitted, dead)
 
     def _decode(self, records: list[Record], dead: list[DeadLetter]) -> list[Event]:
         specs, max_bytes = self._specs, self.settings.max_event_bytes
@@ -324,17 +356,10 @@ class WorkerRuntime:
         log.warning("store unavailable, partitions paused", extra={
             "error": repr(cause)[:500], "retry_in_s": round(delay, 2), "partitions": paused})
 
-    async def _commit(self, records: list[Record]) -> None:
-        try:
-            await self.consumer.commit(self.partitions.commit_offsets(records))
-        except CommitLost as exc:
-            # The group moved on; the new owner replays from the last commit, idempotently.
-            log.warning(COMMIT_LOST_MESSAGE, extra={"error": str(exc)})
-
-    def _record(self, started: float, done: list[Batch], emitted: list[str],
+    def _record(self, seconds: float, done: list[Batch], emitted: list[str],
                 dead: list[DeadLetter]) -> None:
         series = self.series
-        series.batch_seconds(time.perf_counter() - started)
+        series.batch_seconds(seconds)
         # "now" in each event-time zone: datetimes with the same tzinfo object subtract without
         # utcoffset() calls, and pydantic's TzInfo made ``.timestamp()`` ~1 µs per event
         nows: dict[tzinfo | None, datetime] = {}
