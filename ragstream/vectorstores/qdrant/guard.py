@@ -87,9 +87,10 @@ def _writes(counts: list[int], before: Mapping[str, int], applied: Mapping[str, 
     for version, chunk_ids in _by_version(gone).items():
         out.steps.append(Delete((HasIds(tuple(point_id(c) for c in chunk_ids)),
                                  AtMost("doc_version", version))))
-    fresh = [(op, applied[op.doc_id]) for c, op in written.items() if state.get(c) is not None]
+    fresh = [((op, state[c]), applied[op.doc_id]) for c, op in written.items()
+             if state.get(c) is not None]
     for version, ops in _by_version(fresh).items():
-        out.steps.append(Upsert(tuple(chunk_point(op, version) for op in ops),
+        out.steps.append(Upsert(tuple(chunk_point(op, version, payload) for op, payload in ops),
                                 (AtMost("doc_version", version),)))
     if out.changed:
         out.steps.append(SetPayload({"generation": uuid.uuid4().hex},

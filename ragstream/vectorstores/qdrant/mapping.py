@@ -146,8 +146,13 @@ def chunk_payload(op: ChunkUpsert, doc_version: int) -> dict[str, Any]:
             "metadata_terms": [metadata_term(k, v) for k, v in op.metadata.items()]}
 
 
-def chunk_point(op: ChunkUpsert, doc_version: int) -> PointSpec:
-    return PointSpec(point_id(op.chunk_id), chunk_payload(op, doc_version),
+def chunk_point(op: ChunkUpsert, doc_version: int,
+                payload: Mapping[str, Any] | None = None) -> PointSpec:
+    """``payload``: the op's ``chunk_payload`` at any version, when the caller has it already
+    (the guard's plan does: building it twice was a tenth of a Qdrant write)."""
+    payload = (chunk_payload(op, doc_version) if payload is None
+               else {**payload, "doc_version": doc_version})
+    return PointSpec(point_id(op.chunk_id), payload,
                      np.asarray(op.vector, dtype=np.float32).tolist(), document_sparse(op.text))
 
 
