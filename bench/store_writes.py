@@ -100,6 +100,10 @@ async def worker_rates(settings: Settings, store: str, data: list[ChunkUpsert],
                       store=store, op="upsert") < len(data):
             await asyncio.sleep(0.05)
         seconds = time.perf_counter() - started
+        # a batch's time is recorded once its commit is back, after its changes count
+        while _sample(runtime, "ragstream_events_processed_total", worker=worker.name,
+                      topic="chunks.embedded.v1") < len(data):
+            await asyncio.sleep(0.01)
         busy = _sample(runtime, "ragstream_batch_process_seconds_sum", worker=worker.name)
     open_store(settings, store).drop()
     return len(data) / busy, len(data) / seconds
