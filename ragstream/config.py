@@ -253,6 +253,13 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_username: str | None = None
     kafka_password: SecretStr | None = None
+    # TLS (SSL, SASL_SSL): the CA bundle that signed the brokers' certificates (a private CA's,
+    # as Strimzi or a company PKI makes; unset: the system's CAs), and a client certificate and
+    # key for brokers that require one (mutual TLS)
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
     # Idempotent producer (exactly-once produce per partition). Real Kafka: keep it on. The embedded
     # Tansu 0.6 broker answers InitProducerId with UnknownError, so the embedded stack turns it off;
     # consumers stay correct through deterministic event ids and idempotent sinks.
@@ -356,6 +363,19 @@ class Settings(BaseSettings):
                                    **_: PydanticBaseSettingsSource):
         # keyword arguments first, then the process environment, read by the one table below
         return init_settings, _EnvironmentSource(settings_cls)
+
+    @model_validator(mode="after")
+    def _kafka_tls_files_where_tls_is_on(self) -> Settings:
+        files = [name for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+                 if getattr(self, name) is not None]
+        if files and self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(f"RAGSTREAM_{files[0].upper()} is set, but "
+                             f"RAGSTREAM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} "
+                             "does not use TLS: set it to SSL or SASL_SSL")
+        if (self.kafka_ssl_keyfile or self.kafka_ssl_key_password) and not self.kafka_ssl_certfile:
+            raise ValueError("a Kafka client key needs its certificate: set "
+                             "RAGSTREAM_KAFKA_SSL_CERTFILE")
+        return self
 
     @model_validator(mode="after")
     def _register_secrets(self) -> Settings:

@@ -6,9 +6,9 @@ runs only in docker-compose.yml). So no test completes a TLS handshake, verifies
 certificate, or logs in with SCRAM; the tests below show that each client (producer, runtime
 consumer, reader, admin) opens its connections with TLS when told to, that a SASL client asks
 the broker for a SASL login with the configured mechanism, and that the credentials come from the
-settings and their secret files. The TLS context trusts the system's CAs only: no setting names
-a private CA's file (a cluster with its own CA, as Strimzi makes, is not reachable as configured).
-Nor is the idempotent producer's exactly-once produce tested:
+settings and their secret files. A private CA and a client certificate are tested with a real
+handshake against a TLS listener whose certificates a test CA signed. Nor is the idempotent
+producer's exactly-once produce tested:
 Tansu refuses its InitProducerId, so what is tested is that it is switched on by default and
 fails with a message that says what to do.
 """
@@ -18,9 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import subprocess
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
+
+from pydantic import SecretStr
 
 from ragstream.config import Settings
 from ragstream.errors import TransportUnavailable
@@ -177,3 +180,93 @@ async def test_a_sasl_client_asks_for_its_mechanism_and_never_goes_on_without_it
     await ensure_topics(plain, ["documents.v1"], 1)
     for name, start in _clients(plain).items():
         await asyncio.wait_for(start(), 30)
+
+
+def _openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A private CA, a broker certificate for 127.0.0.1 and a client certificate it signed, the
+    client's key encrypted with a password."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+             "ca.pem", "-days", "2", "-subj", "/CN=ragstream test CA", cwd=tmp_path)
+    for name, usage in (("broker", "serverAuth"), ("client", "clientAuth")):
+        (tmp_path / f"{name}.ext").write_text(
+            f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+                 f"{name}.csr", "-subj", f"/CN={name}", cwd=tmp_path)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile",
+                 f"{name}.ext", cwd=tmp_path)
+    _openssl("pkcs8", "-topk8", "-in", "client.key", "-out", "client.enc.key", "-v2", "aes256",
+             "-passout", "pass:key-secret", cwd=tmp_path)
+    return tmp_path
+
+
+class TlsBroker:
+    """A TLS listener with the test CA's broker certificate: it records the first bytes of
+    every connection whose handshake completed (a Kafka request's length prefix) and closes."""
+
+    def __init__(self, pki, require_client_cert: bool):
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(pki / "broker.pem", pki / "broker.key")
+        if require_client_cert:
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(pki / "ca.pem")
+        self.requests: list[bytes] = []
+
+    async def __aenter__(self) -> str:
+        async def handle(reader, writer):
+            with contextlib.suppress(Exception):
+                self.requests.append(await asyncio.wait_for(reader.read(4), 5))
+            writer.close()
+
+        self._server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=self.context)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def _requests_sent(broker: TlsBroker, settings: Settings) -> list[bytes]:
+    """What the producer got through to the broker over TLS before its start gave up."""
+    before = len(broker.requests)
+    with pytest.raises((KafkaConnectionError, TransportUnavailable)):
+        await asyncio.wait_for(_clients(settings)["producer"](), 30)
+    return broker.requests[before:]
+
+
+async def test_a_broker_signed_by_a_private_ca_is_trusted_only_with_that_ca(pki):
+    broker = TlsBroker(pki, require_client_cert=False)
+    async with broker as address:
+        settings = Settings(kafka_bootstrap=address, kafka_security_protocol="SSL",
+                            kafka_idempotence=False)
+        # the system's CAs do not know the test CA: the client refuses the broker
+        assert await _requests_sent(broker, settings) == []
+        trusted = settings.model_copy(update={"kafka_ssl_cafile": pki / "ca.pem"})
+        sent = await _requests_sent(broker, trusted)
+        assert sent and all(r[:2] == b"\x00\x00" for r in sent)  # Kafka requests, inside TLS
+
+
+async def test_a_broker_that_requires_a_client_certificate_gets_the_configured_one(pki):
+    broker = TlsBroker(pki, require_client_cert=True)
+    async with broker as address:
+        settings = Settings(kafka_bootstrap=address, kafka_security_protocol="SASL_SSL",
+                            kafka_sasl_mechanism="SCRAM-SHA-512", kafka_username="u",
+                            kafka_password="p", kafka_idempotence=False,
+                            kafka_ssl_cafile=pki / "ca.pem")
+        assert await _requests_sent(broker, settings) == []  # no certificate: refused
+        mutual = settings.model_copy(update={
+            "kafka_ssl_certfile": pki / "client.pem", "kafka_ssl_keyfile": pki / "client.enc.key",
+            "kafka_ssl_key_password": SecretStr("key-secret")})
+        assert await _requests_sent(broker, mutual)
+
+
+def test_tls_files_without_tls_or_a_key_without_its_certificate_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="KAFKA_SSL_CAFILE is set, but .*PLAINTEXT"):
+        Settings(kafka_ssl_cafile=tmp_path / "ca.pem")
+    with pytest.raises(ValueError, match="needs its certificate"):
+        Settings(kafka_security_protocol="SSL", kafka_ssl_keyfile=tmp_path / "client.key")

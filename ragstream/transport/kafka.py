@@ -38,7 +38,11 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
         # ``aiokafka.helpers`` is not loaded by ``import aiokafka``: reached through the package,
         # every TLS setting raised AttributeError before a connection was tried
-        opts["ssl_context"] = create_ssl_context()
+        key_password = settings.kafka_ssl_key_password
+        opts["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile, certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+            password=key_password.get_secret_value() if key_password else None)
     return opts
 
 
