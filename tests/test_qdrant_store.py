@@ -311,7 +311,7 @@ def test_dense_ranking_is_cosine(corpus):
     Filter(metadata={"group": "w"}), Filter(metadata={"group": "w", "n": 2}),
     Filter(metadata={"missing": None}), Filter(doc_ids=frozenset()),
     Filter(doc_ids=frozenset({"hive"}), metadata={"even": True}),
-], ids=repr)
+], ids=lambda w: f"docs={None if w.doc_ids is None else sorted(w.doc_ids)} meta={w.metadata}")
 def test_filters_admit_what_filter_admits_says(corpus, where):
     found = corpus.candidates(vec(0), "honey flowers insects pistons run", 20, where)
     every = {c.chunk_id: c for c in (corpus.candidates(vec(0), None, 20).chunks.values())}
