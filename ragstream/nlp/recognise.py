@@ -17,6 +17,12 @@ from schemas.payloads import MAX_TEXT_CHARS
 _UNUSED_PIPES = ("tagger", "parser", "attribute_ruler", "lemmatizer", "senter")
 CONTEXT_CHARS = 150
 MAX_PATTERN_CHARS = 120
+# NER's memory grows with the text it is handed at once: one 700 kB document (valid, under the
+# chunk limit) took 2.2 GB, over the worker's 2 GiB limit in infra/k8s, so it was OOM-killed on
+# every replay and its partition stopped. Long texts are recognised in pieces, and a model call
+# takes pieces up to a budget of characters.
+PIECE_CHARS = 20_000
+CALL_CHARS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,19 +62,52 @@ class Recogniser:
             self.nlp.disable_pipe("entity_ruler")
 
     def recognise(self, texts: Iterable[str]) -> list[list[Mention]]:
-        out = []
         # NUL becomes a space: the offsets stay those of the original text, and no name or
         # context carries a byte FalkorDB rejects
-        texts = (t.replace("\x00", " ") if "\x00" in t else t for t in texts)
-        for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
-            text = doc.text
-            mentions = []
-            for ent in doc.ents:
-                cls = ent.label_ if ent.label_ in CLASSES else LABEL_CLASS.get(ent.label_)
-                if cls is None:
-                    continue
-                start, end = ent.start_char, ent.end_char
-                context = text[max(0, start - CONTEXT_CHARS):end + CONTEXT_CHARS]
-                mentions.append(Mention(ent.text, cls, start, end, ent.ent_id_, context))
-            out.append(mentions)
+        texts = [t.replace("\x00", " ") if "\x00" in t else t for t in texts]
+        out: list[list[Mention]] = [[] for _ in texts]
+        pieces = [(i, offset, piece) for i, text in enumerate(texts)
+                  for offset, piece in _pieces(text)]
+        for call in _calls(pieces):
+            docs = self.nlp.pipe((piece for _, _, piece in call), batch_size=self.batch_size)
+            for (i, offset, _), doc in zip(call, docs, strict=True):
+                text = texts[i]
+                for ent in doc.ents:
+                    cls = ent.label_ if ent.label_ in CLASSES else LABEL_CLASS.get(ent.label_)
+                    if cls is None:
+                        continue
+                    start, end = ent.start_char + offset, ent.end_char + offset
+                    context = text[max(0, start - CONTEXT_CHARS):end + CONTEXT_CHARS]
+                    out[i].append(Mention(ent.text, cls, start, end, ent.ent_id_, context))
         return out
+
+
+def _pieces(text: str, limit: int = PIECE_CHARS) -> list[tuple[int, str]]:
+    """``text`` as (offset, piece) of at most ``limit`` characters, cut after the last paragraph
+    break, line break, sentence end or space of each piece's second half (an entity across a cut
+    is the price; a cut at a paragraph break rarely has one)."""
+    pieces = []
+    start = 0
+    while len(text) - start > limit:
+        window = text[start:start + limit]
+        cut = next((i + len(sep) for sep in ("\n\n", "\n", ". ", " ")
+                    if (i := window.rfind(sep, limit // 2)) != -1), limit)
+        pieces.append((start, window[:cut]))
+        start += cut
+    pieces.append((start, text[start:]))
+    return pieces
+
+
+def _calls(pieces: list[tuple[int, int, str]], budget: int = CALL_CHARS):
+    """The pieces in order, grouped into model calls of at most ``budget`` characters (or one
+    piece)."""
+    call: list[tuple[int, int, str]] = []
+    size = 0
+    for item in pieces:
+        if call and size + len(item[2]) > budget:
+            yield call
+            call, size = [], 0
+        call.append(item)
+        size += len(item[2])
+    if call:
+        yield call
