@@ -29,8 +29,12 @@ async def pipeline(settings: Settings, embedder, group_suffix: str = "") -> Asyn
 def indexed_chunks(client: redis.Redis, prefix: str) -> dict[str, str]:
     """chunk id -> text hash of every chunk in the durable index."""
     start = Keys(prefix).index_chunk_prefix
-    return {k.decode()[len(start):]: client.hget(k, "text_hash").decode()
-            for k in client.scan_iter(match=f"{start}*", count=1000)}
+    chunks = {}
+    for key in client.scan_iter(match=f"{start}*", count=1000):
+        text_hash = client.hget(key, "text_hash")
+        if text_hash is not None:  # a delete can land between the scan and the read (CI did)
+            chunks[key.decode()[len(start):]] = text_hash.decode()
+    return chunks
 
 
 def log_length(client: redis.Redis, prefix: str) -> int:
