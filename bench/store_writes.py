@@ -212,5 +212,6 @@ def main() -> None:
                    end_to_end_ratio=round(end_to_end / best, 3),
                    float_vectors_end_to_end_rows_per_s=round(floats_end_to_end), **extra)
 
+
 if __name__ == "__main__":
     main()

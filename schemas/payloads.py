@@ -95,8 +95,7 @@ Float32Base64 = Annotated[
 
 
 class ChunkEmbedded(Payload):
-    model_config = ConfigDict(extra="ignore", frozen=True, val_json_bytes="base64",
-                              ser_json_bytes="base64")
+    model_config = ConfigDict(val_json_bytes="base64")  # merged with Payload's
 
     chunk_id: str = Identifier
     doc_id: str = DocumentIdentifier
