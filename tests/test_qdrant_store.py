@@ -29,7 +29,7 @@ from ragstream.vectorstores import open_store
 from ragstream.vectorstores.base import (ChunkUpsert, DocumentDelete, Filter, StoreMismatch,
                                          same_value)
 from ragstream.vectorstores.qdrant import mapping
-from ragstream.vectorstores.qdrant.edge import QdrantEdgeStore, edge_filter, edge_point
+from ragstream.vectorstores.qdrant.edge import QdrantEdgeStore, _Shard, edge_filter, edge_point
 from ragstream.vectorstores.qdrant.mapping import (AtMost, Below, HasIds, Match, MatchAny,
                                                    chunk_point, point_id)
 from ragstream.vectorstores.qdrant.server import (QdrantServerStore, client_filter, client_point,
@@ -336,18 +336,18 @@ def test_qdrant_rrf_gives_ragstreams_fusion_scores(corpus, tmp_path):
 # the optimizer ---------------------------------------------------------------------------------
 
 
-def test_background_optimize_runs_while_writes_and_reads_go_on(tmp_path):
-    s = open_store(settings_for(tmp_path, store_qdrant_optimize_every=200), "qdrant")
-    s.ensure_schema("model-a", DIM)
+def test_background_optimize_runs_while_writes_and_reads_go_on(tmp_path, monkeypatch):
     optimized = threading.Event()
-    real = s.shard.engine.optimize
+    real = _Shard.optimize
 
-    def watched():
-        result = real()
+    def watched(shard):
+        result = real(shard)
         optimized.set()
         return result
 
-    s.shard.engine = _Proxy(s.shard.engine, optimize=watched)
+    monkeypatch.setattr(_Shard, "optimize", watched)
+    s = open_store(settings_for(tmp_path, store_qdrant_optimize_every=200), "qdrant")
+    s.ensure_schema("model-a", DIM)
     for batch in range(10):
         ops = [chunk(f"d{batch}", i, f"text {batch} {i} common words", seed=batch * 100 + i)
                for i in range(100)]
@@ -364,12 +364,40 @@ def test_background_optimize_runs_while_writes_and_reads_go_on(tmp_path):
     again.drop()
 
 
-class _Proxy:
-    def __init__(self, target, **overrides):
-        self._target, self._overrides = target, overrides
+def test_optimize_leaves_the_rest_of_the_process_running(tmp_path):
+    """qdrant-edge-py holds the GIL through ``optimize()``: run in this process it stopped every
+    thread (the worker's event loop and Kafka heartbeats) for as long as it took. It runs in a
+    child process, so a thread here keeps ticking, and the shard reads the same afterwards."""
+    s = open_store(settings_for(tmp_path), "qdrant")
+    s.ensure_schema("model-b", 384)
+    # 7k 384-d vectors: over the engine's indexing threshold (10 MB), so there is a graph to build
+    vectors = np.random.default_rng(0).standard_normal((7_000, 384)).astype(np.float32)
+    for start in range(0, len(vectors), 500):
+        s.apply([ChunkUpsert(f"d{i // 10}#{i % 10}", f"d{i // 10}", 1, i % 10, f"text {i}",
+                             f"h{i}", "model-b", vectors[i], {})
+                 for i in range(start, start + 500)])
+    digest = s.digest()
+    result: list[bool] = []
+    done = threading.Event()
 
-    def __getattr__(self, name):
-        return self._overrides.get(name) or getattr(self._target, name)
+    def optimize():
+        try:
+            result.append(s.optimize())
+        finally:
+            done.set()
+
+    ticks: list[float] = []
+    started = time.monotonic()
+    threading.Thread(target=optimize).start()
+    while not done.wait(0.005):
+        ticks.append(time.monotonic())
+    took = time.monotonic() - started
+    gaps = [b - a for a, b in zip([started, *ticks], ticks, strict=False)]
+    assert result == [True], "nothing was optimized: the test needs more points"
+    assert max(gaps) < took / 2, f"a gap of {max(gaps):.2f} s in an optimize of {took:.2f} s"
+    assert s.digest() == digest and s.counts().chunks == 7_000
+    assert s.candidates(vectors[4_321], None, 1).dense == ["d432#1"]
+    s.drop()
 
 
 # the server store, without a server ------------------------------------------------------------
