@@ -44,10 +44,11 @@ def load_beir(folder: Path, split: str = "test") -> Beir:
 
 
 @contextlib.contextmanager
-def services(**overrides) -> Settings:
-    """Fresh embedded Tansu and FalkorDB in a temporary folder, and settings that reach them."""
+def services(durable: bool = True, **overrides) -> Settings:
+    """Fresh embedded Tansu and FalkorDB in a temporary folder, and settings that reach them.
+    ``durable=False``: Tansu keeps its topics in memory, with no S3 server beside it."""
     with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as tmp, \
-            embedded_services(Path(tmp), env={}) as svc:
+            embedded_services(Path(tmp), env={}, durable=durable) as svc:
         settings = Settings.from_env(svc.env, topic_partitions=4, batch_timeout_ms=20,
                                      log_level="WARNING", **overrides)
         asyncio.run(ensure_topics(settings, all_topic_names(), settings.topic_partitions))
