@@ -336,7 +336,7 @@ def test_qdrant_rrf_gives_ragstreams_fusion_scores(corpus, tmp_path):
 # the optimizer ---------------------------------------------------------------------------------
 
 
-def test_background_optimize_runs_while_writes_and_reads_go_on(tmp_path, monkeypatch):
+def test_background_optimizes_between_writes_lose_and_change_nothing(tmp_path, monkeypatch):
     optimized = threading.Event()
     real = _Shard.optimize
 
