@@ -186,11 +186,16 @@ class WorkerRuntime:
         the batch is done, at ``batch_max_records``, at a stop or when a rebalance starts.
         If the batch meets backpressure, what was read ahead is rewound with it: it came after
         the batch, and was consumed from partitions the store is down for as much as the
-        batch's own."""
+        batch's own.
+
+        A worker that fills its batches (``fill_window_ms``) does not read ahead: its next batch
+        is filled after this one, by its own rule. Read ahead, batch inference's closed-loop
+        requests split into two alternating batches of 35-40 instead of one of 53, and its
+        requests/s fell by a tenth (bench/batch_inference.py)."""
         handling = asyncio.create_task(self._handle(batch))
         ahead = _Fetched()
         try:
-            while True:
+            while self.worker.fill_window_ms <= 0:
                 # the batch in flight first, up to its next wait on a store or the broker (a
                 # fetch of buffered records returns without yielding to it)
                 await asyncio.sleep(0)
