@@ -65,7 +65,9 @@ class _Fetched:
         return bool(self.records)
 
 
-# how long one poll of the read-ahead waits for records before it looks at the batch in flight
+# How long a poll of the read-ahead waits for records, once it holds some, before it looks at
+# the batch in flight again (to start the next batch promptly when this one is done). Holding
+# none, it waits as the loop's own poll does: 2 ms polls took 4% of a core through a long batch.
 _READ_AHEAD_POLL_MS = 2
 
 
@@ -202,8 +204,9 @@ class WorkerRuntime:
                 if (handling.done() or len(ahead.records) >= self._batch_max
                         or self._stopping.is_set() or self._revoking):
                     break
+                wait_ms = _READ_AHEAD_POLL_MS if ahead else self.settings.batch_timeout_ms
                 self._decode_into(ahead, await self.consumer.getmany(
-                    _READ_AHEAD_POLL_MS, self._batch_max - len(ahead.records)))
+                    wait_ms, self._batch_max - len(ahead.records)))
         finally:
             unavailable = await handling
         if unavailable is not None:
