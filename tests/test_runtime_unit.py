@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import zlib
 
 import pytest
 
@@ -11,7 +13,7 @@ from ragstream.publisher import encode
 from ragstream.config import Settings
 from ragstream.errors import WiringError
 from ragstream.runtime import Batch, PermanentError, Sink, SinkUnavailable, Worker
-from ragstream.transport.base import OutMessage
+from ragstream.transport.base import OutMessage, TopicPartition
 from ragstream.transport.memory import MemoryBroker
 from tests.helpers import eventually, running
 
@@ -156,6 +158,76 @@ async def test_an_unavailable_sink_pauses_and_replays_and_never_drops():
     assert sorted(set(worker.sink.items)) == sorted((f"d{i}", 1) for i in range(10))
     assert dead_letters(broker) == []
     assert pauses == 5
+
+
+def keys_on(broker: MemoryBroker, partition: int, n: int) -> list[str]:
+    """``n`` document ids that the broker puts on ``partition``."""
+    keys = (f"d{i}" for i in range(10_000))
+    return [k for k in keys if zlib.crc32(k.encode()) % broker.partitions == partition][:n]
+
+
+def read_to(runtime, tp: TopicPartition, offset: int):
+    """A check: the runtime's consumer has handed out ``tp`` up to ``offset``."""
+    async def check() -> bool:
+        return runtime.consumer.position(tp) == offset
+    return check
+
+
+async def test_the_next_batch_is_read_while_one_is_written_and_handled_after_it():
+    broker = MemoryBroker(partitions=1)
+    keys = [f"d{i}" for i in range(10)]
+    publish(broker, [document_upserted(k, "t", version=1) for k in keys])
+    writing, gate = asyncio.Event(), asyncio.Event()
+
+    class SlowSink(ListSink):
+        async def flush(self, items: list) -> None:
+            writing.set()
+            await gate.wait()
+            await super().flush(items)
+
+    worker = Recorder()
+    worker.sink, worker.max_batch_records = SlowSink(), 5
+    async with running(worker, memory_settings(), broker=broker) as runtime:
+        await asyncio.wait_for(writing.wait(), 5)
+        tp = TopicPartition("documents.v1", 0)
+        await eventually(read_to(runtime, tp, 10), 5,
+                         message="the second batch read while the first is written")
+        # read and decoded only: not processed, nothing of it written, nothing committed
+        assert worker.calls == 1 and worker.sink.items == []
+        assert ("ragstream.recorder", tp) not in broker.committed
+        gate.set()
+        await wait_committed(broker)
+    assert worker.calls == 2
+    assert worker.sink.items == [(k, 1) for k in keys]  # in the partition's order
+
+
+async def test_what_was_read_ahead_is_rewound_with_a_batch_that_meets_backpressure():
+    # the batch holds partition 0 only, and the read-ahead all of partition 1: rewinding the
+    # batch's partitions alone would skip partition 1's records, consumed but never handled
+    broker = MemoryBroker(partitions=2)
+    first, second = keys_on(broker, 0, 5), keys_on(broker, 1, 5)
+    publish(broker, [document_upserted(k, "t", version=1) for k in first + second])
+
+    class DownOnce(ListSink):
+        async def flush(self, items: list) -> None:
+            if not self.failures:
+                return await super().flush(items)
+            runtime = await started
+            await eventually(read_to(runtime, TopicPartition("documents.v1", 1), 5), 5,
+                             interval=0.01, message="partition 1 read ahead")
+            raise self.failures.pop()
+
+    started = asyncio.get_running_loop().create_future()
+    worker = Recorder()
+    worker.sink, worker.max_batch_records = DownOnce(), 5
+    worker.sink.failures = [SinkUnavailable("store down")]
+    async with running(worker, memory_settings(), broker=broker) as runtime:
+        started.set_result(runtime)
+        await wait_committed(broker)
+        pauses = runtime.metrics.backpressure.labels("recorder")._value.get()
+    assert pauses == 1
+    assert sorted(worker.sink.items) == sorted((k, 1) for k in first + second)
+    assert dead_letters(broker) == []
 
 
 async def test_rejected_events_are_dead_lettered_by_name():

@@ -97,6 +97,10 @@ class MemoryConsumer:
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
 
+    def position(self, tp: TopicPartition) -> int:
+        """The offset of the next record this consumer will hand out from ``tp``."""
+        return self._positions[tp]
+
     def pause(self, tps: Sequence[TopicPartition]) -> None:
         self._paused.update(tps)
 
