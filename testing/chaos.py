@@ -319,21 +319,31 @@ class Phase(Protocol):
 class Trickle:
     """A ``Phase`` that publishes the rest of a history in waves while the workers run, so the
     chaos run's faults land while events still arrive: published all at once, 60 documents
-    were done before half the planned kills could find a worker with work to lose."""
+    were done before half the planned kills could find a worker with work to lose.
+
+    Each wave opens a window a kill can land in, and a faster pipeline closes it sooner. So
+    the waves follow the kills, not the clock alone: while the run still owes kills, the rest
+    of the history goes out in at least two waves per kill owed, smaller ones, down to one
+    message. With fixed waves, a runtime that read ahead finished each wave before the driver
+    saw it, and two CI runs ended with 6 and 7 of their 10 kills."""
 
     def __init__(self, messages: list[tuple[str, bytes | None, bytes]], waves: int,
                  every_s: float):
         self.messages, self.waves, self.every_s = messages, waves, every_s
+        self.waves_sent = 0
         self._task: asyncio.Task | None = None
 
     async def begin(self, run: Run) -> None:
         self._task = asyncio.create_task(self._publish(run))
 
     async def _publish(self, run: Run) -> None:
-        size = -(-len(self.messages) // self.waves)
-        for start in range(0, len(self.messages), size):
+        start = 0
+        while start < len(self.messages):
             await asyncio.sleep(self.every_s)
-            await run.send(self.messages[start:start + size])
+            waves_left = max(self.waves - self.waves_sent, 2 * run.kills_owed, 1)
+            end = start + -(-(len(self.messages) - start) // waves_left)
+            await run.send(self.messages[start:end])
+            start, self.waves_sent = end, self.waves_sent + 1
 
     def sent(self) -> bool:
         return self._task is not None and self._task.done()
@@ -371,6 +381,8 @@ class Run:
         self._expected_exit: set[str] = set()
         self._stopped: str | None = None
         self._behind: set[str] = set()  # the groups with input left to commit, at last look
+        self.kills_owed = 0  # planned kills not yet made, while the run is driven
+        self._input_at = 0.0  # when input was last published
         # worker -> step -> keys: the failpoints each worker is (re)started with
         self.failpoints: dict[str, dict[str, list[str]]] = {}
 
@@ -451,6 +463,7 @@ class Run:
             await producer.send_all([OutMessage(t, k, v) for t, k, v in messages])
         finally:
             await producer.stop()
+        self._input_at = time.monotonic()
 
     def _big_messages(self) -> Settings:
         """The settings, with room for the hostile input's biggest messages."""
@@ -690,11 +703,14 @@ class Run:
             # the cache flush waits for the embedding worker itself to be under way
             due = actions and (prog.get("embedding", -1.0) if actions[0][1] == "flush"
                                else p) >= actions[0][0]
-            # a kill is also due 4 s after the last fault while a group has work: progress
-            # stands still while a killed worker reloads its model, then a fast pipeline
-            # jumps to the end, past the fractions of every kill left
+            # a kill is also due while a group has work, 4 s after the last fault or once
+            # input arrived since: progress stands still while a killed worker reloads its
+            # model, then a fast pipeline jumps to the end, past the fractions of every kill
+            # left; and a wave is done within a second or two, so waiting 4 s let it pass
+            self.kills_owed = sum(kind in ("kill", "kill_writer") for _, kind, _ in actions)
             due = due or (actions and actions[0][1] in ("kill", "kill_writer")
-                          and now - last >= 4.0 and bool(self._behind))
+                          and (now - last >= 4.0 or self._input_at > last)
+                          and bool(self._behind))
             while due and now - last >= 1.5 and outage_until is None:
                 action = actions.pop(0)
                 _, kind, arg = action
