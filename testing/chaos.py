@@ -330,7 +330,7 @@ class Trickle:
     def __init__(self, messages: list[tuple[str, bytes | None, bytes]], waves: int,
                  every_s: float):
         self.messages, self.waves, self.every_s = messages, waves, every_s
-        self.waves_sent = 0
+        self._waves_sent = 0
         self._task: asyncio.Task | None = None
 
     async def begin(self, run: Run) -> None:
@@ -340,10 +340,10 @@ class Trickle:
         start = 0
         while start < len(self.messages):
             await asyncio.sleep(self.every_s)
-            waves_left = max(self.waves - self.waves_sent, 2 * run.kills_owed, 1)
+            waves_left = max(self.waves - self._waves_sent, 2 * run.kills_owed, 1)
             end = start + -(-(len(self.messages) - start) // waves_left)
             await run.send(self.messages[start:end])
-            start, self.waves_sent = end, self.waves_sent + 1
+            start, self._waves_sent = end, self._waves_sent + 1
 
     def sent(self) -> bool:
         return self._task is not None and self._task.done()
