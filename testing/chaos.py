@@ -712,8 +712,8 @@ class Run:
             if arrived and outage_until is None:
                 # a wave was sent a moment ago (the loop wakes on it): the groups that read it
                 # have input to commit, and a kill due lands now. A look at progress first
-                # took long enough for a small wave to be done: the waves of a faster runtime
-                # passed unseen, and two CI runs ended with 6 and 7 of their 10 kills
+                # took long enough for a small wave to be done: with waves that already
+                # followed the kills owed, a CI run still ended with 5 of its 10 kills
                 self._behind |= self._readers(arrived)
                 prog = {**prog, "caught_up": 0.0}
             else:
