@@ -76,8 +76,13 @@ VectorEncoding = Literal["float", "base64"]
 def _float32_values(raw: bytes) -> bytes:
     if not raw or len(raw) % 4:
         raise ValueError(f"{len(raw)} bytes is not a whole number of float32 values")
-    # a sum in float64 is finite exactly when every float32 in it is (it cannot overflow)
-    if not math.isfinite(np.add.reduce(np.frombuffer(raw, dtype="<f4"), dtype=np.float64)):
+    # A float32 is NaN or infinite only if its top byte (every 4th, little-endian) is 0x7f or
+    # 0xff; no vector of a real model has one (|x| >= 2**127), so two byte searches clear it.
+    # Else, exactly: a sum in float64 is finite when every float32 in it is (it cannot overflow).
+    # The sum alone was a fifth of a chunk event's decode.
+    top = raw[3::4]
+    if (b"\x7f" in top or b"\xff" in top) and not math.isfinite(
+            np.add.reduce(np.frombuffer(raw, dtype="<f4"), dtype=np.float64)):
         raise ValueError("holds NaN or Infinity")
     return raw
 

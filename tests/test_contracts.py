@@ -218,7 +218,8 @@ def test_a_base64_vector_reads_as_the_same_float32_values_as_a_list():
 
 @pytest.mark.parametrize(("text", "why"), [
     ("@@@@", "base64"), ("AAA=", "whole number of float32"), ("AADAfw==", "NaN or Infinity"),
-    ("AACAfw==", "NaN or Infinity"), ("", "whole number of float32"),
+    ("AACAfw==", "NaN or Infinity"), ("AACA/w==", "NaN or Infinity"),
+    ("AAAAAAAAwP8=", "NaN or Infinity"), ("", "whole number of float32"),
 ])
 def test_a_base64_vector_that_is_not_finite_float32_values_is_refused(text, why):
     raw = json.loads(_chunk_event())
