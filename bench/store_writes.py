@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,6 +67,7 @@ from workers import load, reindex_worker  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/scifact_beir"
 PAGE = 500
+SOURCE_TIME = datetime.now(UTC)
 
 
 def rows(total: int, data: Path) -> list[ChunkUpsert]:
@@ -87,13 +89,15 @@ def rows(total: int, data: Path) -> list[ChunkUpsert]:
 
 
 def event(c: ChunkUpsert, encoding: VectorEncoding) -> Envelope:
+    """The chunk as the embedding worker emits it: with its document's event time, and no
+    field it leaves out (the worker's emits drop None fields)."""
     payload = ChunkEmbedded(chunk_id=c.chunk_id, doc_id=c.doc_id, doc_version=c.doc_version,
                             position=c.position, text=c.text, text_hash=c.text_hash,
                             model_id=c.model_id, metadata=dict(c.metadata),
-                            **vector_fields(c.vector, encoding))
+                            source_time=SOURCE_TIME, **vector_fields(c.vector, encoding))
     return Envelope(id=derived_event_id(CHUNK_EMBEDDED, c.chunk_id, 1), type=CHUNK_EMBEDDED,
                     source="bench/store_writes", subject=c.doc_id,
-                    data=payload.model_dump(mode="json"))
+                    data=payload.model_dump(mode="json", exclude_none=True))
 
 
 async def worker_rates(settings: Settings, store: str, data: list[ChunkUpsert],
