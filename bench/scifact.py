@@ -2,7 +2,7 @@
 events into Kafka, the embedding and reindex workers, then the store (``--store``: the embedded
 index, pgvector or Qdrant). The test queries then run keyword only, dense only and hybrid (RRF)
 through the query API, one result per document. The keyword ranking is the store's: BM25 in the
-embedded index and Qdrant, PostgreSQL full text (ts_rank_cd, no IDF) in pgvector.
+embedded index and Qdrant, PostgreSQL full text (ts_rank, no IDF) in pgvector.
 
 Published reference points: BM25 nDCG@10 0.665 (BEIR paper, Thakur et al. 2021, Table 2) and
 all-MiniLM-L6-v2 0.645 (MTEB leaderboard, SciFact). The JSON line has hybrid as ``project`` and
